@@ -1,0 +1,112 @@
+"""
+The PostgreSQL boundary: the only module that imports psycopg.
+
+Other modules run named SQL (from ``reliable/sql``) through `query` and
+`execute`, on a connection the caller owns; nothing here commits a caller's
+transaction. psycopg errors become `reliable.errors.DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any, LiteralString, TypeAlias
+
+import psycopg
+import psycopg.errors
+import psycopg.rows
+import psycopg.types.json
+from psycopg import sql as pgsql
+
+from reliable import errors
+from reliable import sql as queries
+from reliable.redact import redact_text, redact_url
+
+#: A psycopg 3 connection, as taken by every API that writes in the caller's transaction.
+Connection: TypeAlias = "psycopg.Connection[Any]"
+Row: TypeAlias = dict[str, Any]
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise psycopg errors as `reliable.errors.DatabaseError` subclasses."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        msg = f"reliable tables are missing ({_first_line(exc)}); run 'reliable db migrate'"
+        raise errors.SchemaNotInstalled(msg, found=None, required=0) from exc
+    except psycopg.errors.InvalidSchemaName as exc:
+        msg = f"reliable schema is missing ({_first_line(exc)}); run 'reliable db migrate'"
+        raise errors.SchemaNotInstalled(msg, found=None, required=0) from exc
+    except psycopg.OperationalError as exc:
+        msg = f"cannot use PostgreSQL ({_first_line(exc)}); check that it runs and the URL is right"
+        raise errors.DatabaseError(msg) from exc
+    except psycopg.Error as exc:
+        raise errors.DatabaseError(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact_text(text[0]) if text else type(exc).__name__
+
+
+def connect(
+    url: str, *, autocommit: bool = False, connect_timeout_seconds: int = 10
+) -> Connection:
+    """
+    Open a connection to *url* (empty: libpq's ``PG*`` variables).
+
+    Raises:
+        reliable.errors.DatabaseError: PostgreSQL cannot be reached.
+    """
+    try:
+        return psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=connect_timeout_seconds
+        )
+    except psycopg.Error as exc:
+        where = redact_url(url) if url else "the PG* environment"
+        msg = f"cannot connect to PostgreSQL at {where} ({_first_line(exc)}); check that it runs and the URL is right"
+        raise errors.DatabaseError(msg) from None
+
+
+@functools.lru_cache(maxsize=512)
+def statement(name: str, schema: str) -> pgsql.Composed:
+    """The named query *name* with ``{schema}`` bound to the identifier *schema*."""
+    return pgsql.SQL(queries.get(name)).format(schema=pgsql.Identifier(schema))
+
+
+def query(
+    conn: Connection, name: str, params: Mapping[str, Any] | None = None, *, schema: str
+) -> list[Row]:
+    """Run the named query and return its rows as dicts."""
+    with translate_errors(), conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(statement(name, schema), params)
+        return cur.fetchall() if cur.description else []
+
+
+def execute(
+    conn: Connection, name: str, params: Mapping[str, Any] | None = None, *, schema: str
+) -> int:
+    """Run the named statement and return the number of rows it touched."""
+    with translate_errors(), conn.cursor() as cur:
+        cur.execute(statement(name, schema), params)
+        return cur.rowcount
+
+
+def execute_script(conn: Connection, text: LiteralString, *, schema: str) -> None:
+    """Run a multi-statement script (migrations) with ``{schema}`` bound."""
+    with translate_errors():
+        conn.execute(pgsql.SQL(text).format(schema=pgsql.Identifier(schema)))
+
+
+def jsonb(value: Any) -> psycopg.types.json.Jsonb:
+    """Wrap *value* for a ``jsonb`` parameter."""
+    return psycopg.types.json.Jsonb(value)
+
+
+@contextlib.contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """A transaction (or savepoint) on *conn*, for the toolkit's own connections."""
+    with translate_errors(), conn.transaction():
+        yield conn
