@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(line for line in lines if line.startswith("reliable_")))
         ok = True
     elif args.command == "metric":
-        print(f"{metric_sum(args.url, args.name):g}")
+        value = metric_sum(args.url, args.name)
+        print(int(value) if value.is_integer() else value)
         ok = True
     else:
 

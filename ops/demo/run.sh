@@ -141,10 +141,13 @@ step "$((ORDERS - DECLINED)) orders paid, $DECLINED charges dead-lettered" \
 
 # Redelivery happens (worker crash, producer retry, replay): send 3 charge tasks
 # again with their original task ids. The inbox must skip them.
-published_before="$(check metric "$METRICS_URL" reliable_outbox_published_total)"
+count_published() {
+  check metric "$METRICS_URL" reliable_outbox_published_total | tee "$WORKDIR/published"
+}
+step "count what the relay has published so far" count_published
 step "send 3 charge tasks again with the same task ids" shop resend "$WORKDIR/run.json" --count 3
 step "the relay published them" check metric-at-least "$METRICS_URL" \
-  reliable_outbox_published_total "$((${published_before%.*} + 3))"
+  reliable_outbox_published_total "$(($(cut -d. -f1 <"$WORKDIR/published") + 3))"
 
 step "list the dead-letter queue" reliable dlq list "$DLQ"
 step "show the dead letters" reliable dlq show "$DLQ" --limit 3
