@@ -22,12 +22,20 @@ from reliable.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
+RABBITMQ_ALERTS = OPS / "prometheus" / "alerts-rabbitmq.yml"
 SCRAPE = OPS / "prometheus" / "scrape.yml"
 DASHBOARD = OPS / "grafana" / "reliable.json"
 K8S = OPS / "k8s"
 
 #: Metrics Prometheus itself provides that the rules and dashboard may use.
 PROMETHEUS_METRICS = {"up"}
+
+#: RabbitMQ's own exporter (rabbitmq_prometheus, /metrics/detailed, queue_coarse_metrics).
+RABBITMQ_METRICS = {
+    "rabbitmq_detailed_queue_messages",
+    "rabbitmq_detailed_queue_messages_ready",
+    "rabbitmq_detailed_queue_messages_unacked",
+}
 
 #: `reliable GROUP COMMAND` pairs the issues define; runbooks may only name these.
 CLI_SURFACE = {
@@ -114,9 +122,13 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def _alert_rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load(ALERTS.read_text())
+def _alert_rules(path: Path = ALERTS) -> list[dict[str, Any]]:
+    doc = yaml.safe_load(path.read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _all_alert_rules() -> list[dict[str, Any]]:
+    return _alert_rules(ALERTS) + _alert_rules(RABBITMQ_ALERTS)
 
 
 def _dashboard() -> dict[str, Any]:
@@ -182,7 +194,24 @@ def test_alert_expressions_only_use_exported_metrics() -> None:
     assert unknown == {}
 
 
-@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda r: r["alert"])
+def test_rabbitmq_alerts_only_use_the_broker_exporter() -> None:
+    used = {
+        name
+        for rule in _alert_rules(RABBITMQ_ALERTS)
+        for name in metric_names(rule["expr"])
+    }
+
+    assert used
+    assert used <= RABBITMQ_METRICS
+
+
+def test_alert_names_are_unique() -> None:
+    names = [rule["alert"] for rule in _all_alert_rules()]
+
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("rule", _all_alert_rules(), ids=lambda r: r["alert"])
 def test_alert_is_actionable(rule: dict[str, Any]) -> None:
     annotations = rule.get("annotations", {})
     runbook_commands = _commands(annotations.get("runbook", ""))
@@ -219,7 +248,7 @@ def test_runbook_commands_exist_in_the_cli() -> None:
     from reliable.cli import cli
 
     named = set()
-    for rule in _alert_rules():
+    for rule in _all_alert_rules():
         named |= _commands(rule["annotations"]["runbook"])
     named |= _commands((ROOT / "docs" / "operations.md").read_text())
 
@@ -237,7 +266,7 @@ def test_scrape_config_loads_the_alert_rules() -> None:
     config = yaml.safe_load(SCRAPE.read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
 
-    assert config["rule_files"] == ["alerts.yml"]
+    assert config["rule_files"] == ["alerts.yml", "alerts-rabbitmq.yml"]
     assert {"reliable-relay", "reliable-host"} <= jobs
 
 
@@ -252,7 +281,7 @@ def _promtool() -> str:
 @pytest.mark.parametrize(
     "args",
     [
-        ["check", "rules", "alerts.yml"],
+        ["check", "rules", "alerts.yml", "alerts-rabbitmq.yml"],
         ["check", "config", "scrape.yml"],
         ["test", "rules", "alerts_test.yml"],
     ],
@@ -275,7 +304,7 @@ def test_promtool_accepts_the_prometheus_files(promtool: str, args: list[str]) -
 
 
 def test_dashboard_expressions_only_use_exported_metrics() -> None:
-    known = _exported_names() | PROMETHEUS_METRICS
+    known = _exported_names() | PROMETHEUS_METRICS | RABBITMQ_METRICS
 
     unknown = sorted(
         {name for expr in _dashboard_exprs() for name in metric_names(expr)} - known
@@ -517,6 +546,24 @@ def test_demo_script_is_valid_bash() -> None:
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_demo_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip(
+            "shellcheck not on PATH (Debian/Ubuntu: apt-get install shellcheck)"
+        )
+
+    result = subprocess.run(
+        [shellcheck, str(OPS / "demo" / "run.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_demo_script_runs_the_documented_steps() -> None:
