@@ -52,7 +52,12 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
-rel = Reliable(database_url=DATABASE_URL, amqp_url=AMQP_URL, celery_app=app)
+rel = Reliable(
+    database_url=DATABASE_URL,
+    amqp_url=AMQP_URL,
+    db_schema=os.environ.get("RELIABLE_DB_SCHEMA"),  # None: the default, "reliable"
+    celery_app=app,
+)
 
 
 class PaymentDeclined(Exception):
