@@ -590,6 +590,18 @@ def test_demo_python_compiles(name: str) -> None:
     compile(source, name, "exec")
 
 
+def test_demo_topologies_pass_the_topology_validator(tmp_path: Path) -> None:
+    topology_file = pytest.importorskip("reliable.topology_file")
+    (configmap,) = _k8s_docs()["topology-configmap.yaml"]
+    files = [OPS / "demo" / "topology.yaml"]
+    for name, text in configmap["data"].items():
+        files.append(tmp_path / name)
+        files[-1].write_text(text)
+
+    for path in files:
+        topology_file.load_topology(path)  # raises TopologyFileError with every problem
+
+
 def test_demo_topology_and_configmap_example_agree() -> None:
     demo = yaml.safe_load((OPS / "demo" / "topology.yaml").read_text())
     (configmap,) = _k8s_docs()["topology-configmap.yaml"]
