@@ -100,18 +100,27 @@ ensure_services() {
 }
 
 wait_for_worker() {  # the worker logs "<name> ready." once it consumes
-  local deadline=$((SECONDS + TIMEOUT))
+  local pid=${PIDS[-1]} deadline=$((SECONDS + TIMEOUT))
   until grep -q ' ready\.' "$WORKDIR/worker.log" 2>/dev/null; do
     if ((SECONDS > deadline)); then echo "worker not ready after ${TIMEOUT}s" >&2; return 1; fi
-    kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "worker exited" >&2; return 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "the worker exited" >&2; return 1; }
     sleep 0.5
   done
   echo "ok: worker ready"
 }
 
+wait_for_relay() {  # its /metrics answers once it has completed a loop
+  local pid=${PIDS[-1]} deadline=$((SECONDS + TIMEOUT))
+  until "$PYTHON" ops/demo/check.py --timeout 1 metric-at-least "$METRICS_URL" \
+    reliable_relay_last_batch_timestamp_seconds 1 2>/dev/null; do
+    if ((SECONDS > deadline)); then echo "relay not ready after ${TIMEOUT}s" >&2; return 1; fi
+    kill -0 "$pid" 2>/dev/null || { echo "the relay exited" >&2; return 1; }
+  done
+}
+
 place_orders() {
   shop place --count "$ORDERS" --big-every "$BIG_EVERY" >"$WORKDIR/run.json"
-  cat "$WORKDIR/run.json"
+  echo "placed $ORDERS orders and rolled one back; ids and task ids in $WORKDIR/run.json"
 }
 
 echo "reliable demo: $ORDERS orders, $DECLINED of them declined at first; work dir $WORKDIR"
@@ -125,8 +134,7 @@ step "empty the demo queues left by an earlier run" check purge shop.payments "$
 
 step "start the outbox relay" start_background relay \
   "$PYTHON" -m reliable outbox relay --metrics-port "$METRICS_PORT"
-step "relay metrics answer" check metric-at-least "$METRICS_URL" \
-  reliable_relay_last_batch_timestamp_seconds 1
+step "relay ready (metrics on $METRICS_URL)" wait_for_relay
 step "start a Celery worker for shop.py" start_background worker \
   env PYTHONPATH="ops/demo${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m celery -A shop worker \
   --pool solo --queues shop.payments --hostname "shop-demo-$$@%h" \
