@@ -434,6 +434,29 @@ def test_pre_deploy_hooks_run_configmap_then_migrate_then_topology() -> None:
     )
 
 
+def test_k8s_manifests_match_the_kubernetes_schemas(tmp_path: Path) -> None:
+    validate = shutil.which("kubernetes-validate")
+    if validate is None:
+        pytest.skip("kubernetes-validate not on PATH (pip install kubernetes-validate)")
+    files = []
+    for path in sorted(K8S.glob("*.yaml")):
+        # The validator needs metadata.name; generateName is what `kubectl create` uses.
+        copy = tmp_path / path.name
+        copy.write_text(path.read_text().replace("generateName: ", "name: "))
+        files.append(str(copy))
+
+    result = subprocess.run(
+        [validate, "--strict", "--kubernetes-version", "1.30", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ERROR" not in result.stdout + result.stderr
+
+
 def test_secrets_hold_placeholders_only() -> None:
     secrets = [
         d for docs in _k8s_docs().values() for d in docs if d["kind"] == "Secret"
@@ -508,6 +531,27 @@ def test_compose_services_are_healthchecked_on_loopback() -> None:
         "127.0.0.1:15672:15672",
         "127.0.0.1:5432:5432",
     } <= set(published)
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    check = shutil.which("check-jsonschema")
+    if check is None:
+        pytest.skip("check-jsonschema not on PATH (pip install check-jsonschema)")
+
+    result = subprocess.run(
+        [
+            check,
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_optional_services_sit_behind_profiles() -> None:
