@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Exchange, Queue
 
 from reliable import Reliable
@@ -58,6 +59,17 @@ rel = Reliable(
     db_schema=os.environ.get("RELIABLE_DB_SCHEMA"),  # None: the default, "reliable"
     celery_app=app,
 )
+
+
+@worker_init.connect
+def serve_metrics(**_: Any) -> None:
+    """Expose the inbox counters on SHOP_METRICS_PORT (set by run.sh for the worker)."""
+    # The demo's worker uses the solo pool, so tasks run in this very process. With
+    # the prefork pool every child has its own counters: serve them per child (from
+    # worker_process_init, one port each) instead.
+    port = os.environ.get("SHOP_METRICS_PORT")
+    if port:
+        rel.metrics.serve(int(port), addr="127.0.0.1")
 
 
 class PaymentDeclined(Exception):
