@@ -69,7 +69,9 @@ def serve_metrics(**_: Any) -> None:
     # worker_process_init, one port each) instead.
     port = os.environ.get("SHOP_METRICS_PORT")
     if port:
-        rel.metrics.serve(int(port), addr="127.0.0.1")
+        rel.metrics.serve(
+            int(port), addr=os.environ.get("SHOP_METRICS_ADDR", "127.0.0.1")
+        )
 
 
 class PaymentDeclined(Exception):
