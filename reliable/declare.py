@@ -306,8 +306,8 @@ def _bindings(topology: Topology, live: LiveState) -> list[Change]:
             )
         )
     for key, b in current.items():
-        source, dest = str(b["source"]), str(b["destination"])
-        if {source, dest} & (ignored - managed):
+        ends = {str(b["source"]), str(b["destination"])} - managed
+        if ends & ignored or any(_CELERY.match(n) for n in ends):
             continue
         out.append(
             Change(

@@ -98,25 +98,38 @@ def _record_lines(
     return dupes
 
 
+def _compose(text: str, source: _Source) -> tuple[Any, list[tuple[int, Loc]]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        dupes = _record_lines(node, (), source.lines)
+        return loader.construct_document(node), dupes
+    finally:
+        loader.dispose()
+
+
 def parse(
     text: str, name: str = "<string>"
 ) -> tuple[Topology | None, list[Problem], _Source]:
     """Parse one document; return the model (or ``None``) and its problems."""
     source = _Source(name)
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        dupes = _record_lines(node, (), source.lines) if node is not None else []
-        data = loader.construct_document(node) if node is not None else None
+        data, dupes = _compose(text, source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         reason = exc.problem or exc.context or "invalid YAML"
         return None, [(f"{name}:{line}", f"invalid YAML: {reason}")], source
+    except yaml.reader.ReaderError as exc:
+        return (
+            None,
+            [(name, f"invalid YAML: {exc.reason} (character {exc.character!r})")],
+            source,
+        )
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
         return None, [(name, f"invalid YAML: {type(exc).__name__}")], source
-    finally:
-        loader.dispose()
     problems = [
         (
             f"{name}:{line}: {keypath(loc)}",
