@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 import pika
 
-from reliable import amqp
+from reliable import amqp, errors
 from reliable.declare import plan
 from reliable.declare_apply import apply, read_live_state
 from reliable.management import ManagementClient
@@ -151,7 +152,10 @@ def main() -> None:
             print(f"diff only (plan(), no I/O)       {diff_only:8.3f} s")
         finally:
             for vhost in (ours, raw):
-                management.delete_vhost(vhost)
+                try:
+                    management.delete_vhost(vhost)
+                except errors.ReliableError as exc:  # do not hide the original failure
+                    print(f"could not delete vhost {vhost!r}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

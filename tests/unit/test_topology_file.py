@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -223,3 +224,11 @@ def test_json_schema_is_for_editors() -> None:
 
     assert schema["title"] == "reliable topology"
     assert schema["additionalProperties"] is False
+
+
+def test_shipped_schema_file_is_current() -> None:
+    shipped = json.loads((EXAMPLES / "topology.schema.json").read_text())
+
+    assert shipped == json_schema(), (
+        "regenerate: reliable topology schema > topology/topology.schema.json"
+    )
