@@ -83,7 +83,8 @@ def _cell(value: Any) -> str:
 
 def note(message: str) -> None:
     """A diagnostic line on stderr (never mixed into data on stdout)."""
-    stderr().print(message, markup=False)
+    # soft_wrap: a diagnostic stays on one line, so it can be grepped.
+    stderr().print(message, markup=False, soft_wrap=True)
 
 
 def interactive() -> bool:
