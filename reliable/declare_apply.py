@@ -56,15 +56,16 @@ class ApplyReport:
 
 
 def _blocked(plan: Plan) -> errors.ReliableError:
-    first = plan.blocking[0]
     listing = "; ".join(
         f"{c.kind} {c.name!r}: {c.action} ({c.reason})" for c in plan.blocking
     )
     msg = (
-        f"{len(plan.blocking)} object(s) cannot be applied, so nothing was applied: {listing}; "
-        "see 'reliable topology plan' for the way out"
+        f"{len(plan.blocking)} object(s) cannot be applied, so nothing was applied: "
+        f"{listing}; see 'reliable topology plan' for the way out"
     )
-    if first.action == "conflict":
+    conflicts = plan.by_action("conflict")
+    if conflicts:
+        first = conflicts[0]
         return errors.TopologyConflict(
             msg,
             entity=f"{first.kind} {first.name!r}",

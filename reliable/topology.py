@@ -397,15 +397,9 @@ class Policy(_Model):
             out[key] = item
         return out
 
-    def matches(
-        self, name: str, kind: Literal["queue", "exchange"], qtype: str
-    ) -> bool:
-        return applies_to(self.apply_to, kind, qtype) and bool(
-            re.search(self.pattern, name)
-        )
-
 
 def applies_to(apply_to: str, kind: str, qtype: str) -> bool:
+    """Whether a policy's ``apply-to`` covers a *kind* (queue/exchange) of *qtype*."""
     if apply_to == "all":
         return True
     if kind == "exchange":

@@ -275,3 +275,23 @@ def test_amqp_declares_go_to_the_files_vhost(broker: Broker) -> None:
     assert [q["name"] for q in broker.management.queue_definitions(broker.vhost)] == [
         "here"
     ]
+
+
+def test_version_rules_with_a_faked_version_gate_apply(broker: Broker) -> None:
+    topology = loads(f"""
+vhost: {broker.vhost}
+queues: [{{name: q}}]
+policies: [{{name: p, pattern: "^q$", apply_to: quorum_queues, definition: {{max-length: 5}}}}]
+""")
+    live = read_live_state(broker.management, broker.vhost)
+    old = plan(topology, live, broker_version=(3, 10, 8))
+    new = plan(topology, live, broker_version=(4, 1, 0))
+
+    with pytest.raises(errors.TopologyError, match=r"needs RabbitMQ 3\.12"):
+        apply(old, amqp_url=broker.amqp_url, management=broker.management)
+
+    assert broker.management.queue_definitions(broker.vhost) == []
+    assert [c.name for c in old.blocking] == ["p"]
+    assert "redelivered forever" in old.warnings[0]
+    assert new.blocking == []
+    assert "default delivery limit of 20" in new.warnings[0]
