@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pika
+
 from reliable.cli import exit_codes
 from tests.conftest import Broker
 
@@ -190,3 +192,45 @@ def test_export_writes_a_file_that_validates(tmp_path: Path, broker: Broker) -> 
     assert exported.returncode == 0, exported.stderr
     assert "message_ttl: 10m" in out.read_text()
     assert validated.returncode == 0, validated.stderr
+
+
+def test_prune_lists_first_and_keeps_a_queue_holding_messages(
+    tmp_path: Path, broker: Broker
+) -> None:
+    env = broker_env(broker)
+    path = write(
+        tmp_path,
+        f"vhost: {broker.vhost}\nqueues: [{{name: kept, delivery_limit: 5}}]\n",
+    )
+    extra = write(
+        tmp_path,
+        f"vhost: {broker.vhost}\nqueues: [{{name: empty, type: classic}}, {{name: full, type: classic}}]\n",
+        "extra.yaml",
+    )
+    assert (
+        run("topology", "apply", str(path), str(extra), "--yes", env=env).returncode
+        == 0
+    )
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish("", "full", b"keep me")
+    connection.close()
+
+    dry = run("topology", "apply", str(path), "--prune", "--dry-run", env=env)
+    after_dry = {q["name"] for q in broker.management.queue_definitions(broker.vhost)}
+    pruned = run("topology", "apply", str(path), "--prune", "--yes", env=env)
+
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        f"prune would delete queue empty in vhost '{broker.vhost}'"
+        in dry.stderr.splitlines()
+    )
+    assert after_dry == {"kept", "empty", "full"}
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted queue empty" in pruned.stdout.splitlines()
+    assert "kept unmanaged queue 'full'" in pruned.stderr
+    assert {q["name"] for q in broker.management.queue_definitions(broker.vhost)} == {
+        "kept",
+        "full",
+    }
