@@ -264,8 +264,18 @@ def _cross_problems(
                 n += 1
     out = []
     for loc, message in topology.problems():
-        source, index = origin[(str(loc[0]), int(loc[1]))]
-        out.append(source.problem((loc[0], index, *loc[2:]), message))
+        kind, merged = str(loc[0]), int(loc[1])
+        source, index = origin[(kind, merged)]
+        if loc[2:] == ("name",):
+            # A duplicate: say where the first declaration is.
+            name = getattr(topology, kind)[merged].name
+            first = next(
+                i for i, o in enumerate(getattr(topology, kind)) if o.name == name
+            )
+            first_source, first_index = origin[(kind, first)]
+            line = first_source.line((kind, first_index))
+            message = f"{message}; first declared at {first_source.name}:{line}"
+        out.append(source.problem((kind, index, *loc[2:]), message))
     return out
 
 

@@ -123,15 +123,18 @@ def test_files_of_one_vhost_merge_and_may_reference_each_other(tmp_path: Path) -
     assert [b.source for b in topologies["/"].bindings] == ["events"]
 
 
-def test_duplicates_across_files_point_at_the_second_file(tmp_path: Path) -> None:
-    write(tmp_path, "a.yaml", "queues: [{name: work}]\n")
+def test_duplicates_across_files_point_at_both_files(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", "queues: [{name: work}]\n")
     second = write(tmp_path, "b.yaml", "\nqueues:\n  - name: work\n")
 
     with pytest.raises(TopologyFileError) as info:
         load_topologies([tmp_path])
 
     assert info.value.problems == [
-        (f"{second}:3: queues[0].name", "'work' is declared twice")
+        (
+            f"{second}:3: queues[0].name",
+            f"'work' is declared twice; first declared at {first}:1",
+        )
     ]
 
 
