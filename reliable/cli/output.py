@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 OutputFormat = Literal["table", "json"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +70,8 @@ def render_rows(
     for _key, header in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
+        # Text, not str: data such as a routing key "[order.*]" is not rich markup.
+        table.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))
     stdout().print(table)
 
 
