@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reliable import declare_rules
+from reliable import declare_rules, errors
 from reliable.topology import Binding, Exchange, Policy, Queue, Topology
 
 Kind = Literal["vhost", "exchange", "queue", "binding", "policy"]
@@ -145,7 +145,14 @@ def plan(topology: Topology, live: LiveState, *, broker_version: Version) -> Pla
 
     Raises:
         ValueError: *topology* and *live* describe different vhosts.
+        reliable.errors.TopologyError: *topology* references objects it does
+            not declare, or declares one twice (files are checked on load).
     """
+    problems = topology.problems()
+    if problems:
+        listing = "; ".join(f"{_path(loc)}: {msg}" for loc, msg in problems)
+        msg = f"the topology is inconsistent: {listing}; fix it before planning"
+        raise errors.TopologyError(msg)
     if topology.vhost != live.vhost:
         msg = f"topology is for vhost {topology.vhost!r}, live state for {live.vhost!r}"
         raise ValueError(msg)
@@ -169,6 +176,10 @@ def plan(topology: Topology, live: LiveState, *, broker_version: Version) -> Pla
     return Plan(
         vhost=topology.vhost, broker_version=broker_version, changes=tuple(changes)
     )
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def _exchanges(topology: Topology, live: LiveState, version: Version) -> list[Change]:

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from reliable import errors
 from reliable.declare import Change, LiveState, Plan, plan
+from reliable.topology import Binding, Queue, Topology
 from reliable.topology_file import loads
 
 TOPOLOGY = loads("""
@@ -388,3 +390,15 @@ def test_plan_serialises_to_json_data() -> None:
     assert data["summary"]["create"] == 6
     assert data["broker_version"] == "3.10.8"
     assert all({"kind", "name", "action"} <= set(c) for c in data["changes"])
+
+
+def test_a_topology_built_in_code_with_a_dangling_binding_is_refused() -> None:
+    topology = Topology(
+        queues=[Queue(name="w")], bindings=[Binding(source="nowhere", destination="w")]
+    )
+
+    with pytest.raises(
+        errors.TopologyError,
+        match=r"bindings\[0\]\.source: exchange 'nowhere' is declared nowhere",
+    ):
+        plan(topology, LiveState(vhost="/"), broker_version=V3)
