@@ -142,8 +142,11 @@ def plan_cmd(
     blocking = any(p.blocking for p in plans)
     pending = any(p.pending or _creates_vhost(p) for p in plans)
     if blocking:
+        conflict = any(p.by_action("conflict") for p in plans)
         code = (
-            exit_codes.EXIT_FAILURE if detailed_exitcode else exit_codes.EXIT_CONFLICT
+            exit_codes.EXIT_CONFLICT
+            if conflict and not detailed_exitcode
+            else exit_codes.EXIT_FAILURE
         )
         raise click.exceptions.Exit(code)
     if detailed_exitcode and pending:
