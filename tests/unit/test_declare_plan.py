@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +11,9 @@ import pytest
 from reliable import errors
 from reliable.declare import Change, LiveState, Plan, plan
 from reliable.topology import Binding, Queue, Topology
-from reliable.topology_file import loads
+from reliable.topology_file import dump_topology, load_topology, loads
+
+EXAMPLES = Path(__file__).parents[2] / "topology"
 
 TOPOLOGY = loads("""
 exchanges: [{name: events, type: topic}]
@@ -402,3 +406,50 @@ def test_a_topology_built_in_code_with_a_dangling_binding_is_refused() -> None:
         match=r"bindings\[0\]\.source: exchange 'nowhere' is declared nowhere",
     ):
         plan(topology, LiveState(vhost="/"), broker_version=V3)
+
+
+def recorded() -> LiveState:
+    """What the management API of RabbitMQ 3.10.8 returned after applying topology/."""
+    data = json.loads(
+        (Path(__file__).parent / "data" / "live_examples_3.10.8.json").read_text()
+    )
+    return LiveState(vhost="/", **data)
+
+
+def test_the_examples_against_recorded_3_10_8_state_plan_no_changes() -> None:
+    result = plan(load_topology(EXAMPLES), recorded(), broker_version=V3)
+
+    assert result.summary() == {
+        "create": 0,
+        "update": 0,
+        "unchanged": 20,
+        "conflict": 0,
+        "unsupported": 0,
+        "unmanaged": 0,
+    }
+
+
+def test_recorded_state_with_a_changed_file_gives_conflict_update_and_unmanaged() -> (
+    None
+):
+    text = dump_topology(load_topology(EXAMPLES))
+    text = text.replace("max_length: 100000", "max_length: 5")
+    text = text.replace("message-ttl: 1209600000", "message-ttl: 1000")
+    changed = loads(text)
+    changed = changed.model_copy(
+        update={
+            "queues": [q for q in changed.queues if q.name != "audit.log"],
+            "bindings": [b for b in changed.bindings if b.destination != "audit.log"],
+        }
+    )
+
+    result = plan(changed, recorded(), broker_version=V3)
+
+    assert {
+        (c.kind, c.name): c.action for c in result.changes if c.action != "unchanged"
+    } == {
+        ("queue", "orders.work"): "conflict",
+        ("policy", "orders-dlq-retention"): "update",
+        ("queue", "audit.log"): "unmanaged",
+        ("binding", "audit -> audit.log []"): "unmanaged",
+    }
