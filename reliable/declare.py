@@ -169,7 +169,7 @@ def plan(topology: Topology, live: LiveState, *, broker_version: Version) -> Pla
     policies = declare_rules.PolicyIndex(
         topology.policies, live.policies, live.operator_policies
     )
-    changes += _exchanges(topology, live, broker_version)
+    changes += _exchanges(topology, live)
     changes += _queues(topology, live, broker_version, policies)
     changes += _bindings(topology, live)
     changes += _policies(topology, live, broker_version)
@@ -182,21 +182,18 @@ def _path(loc: Sequence[str | int]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
-def _exchanges(topology: Topology, live: LiveState, version: Version) -> list[Change]:
+def _exchanges(topology: Topology, live: LiveState) -> list[Change]:
     found = {str(e["name"]): e for e in live.exchanges}
     out = []
     for ex in topology.exchanges:
         expected = declare_rules.exchange_props(ex)
         current = found.pop(ex.name, None)
-        problems = declare_rules.exchange_version_problems(ex, version)
         if current is None:
-            action: Action = "unsupported" if problems else "create"
             out.append(
                 Change(
                     kind="exchange",
                     name=ex.name,
-                    action=action,
-                    reason="; ".join(problems),
+                    action="create",
                     expected=expected,
                     target=ex,
                 )

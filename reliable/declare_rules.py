@@ -83,10 +83,6 @@ def exchange_remedy(name: str) -> str:
     )
 
 
-def exchange_version_problems(ex: Exchange, version: Version) -> list[str]:
-    return []
-
-
 # -- queues ---------------------------------------------------------------------------
 
 
