@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -56,6 +57,18 @@ def connection_parameters(
     params.connection_attempts = 1
     params.client_properties = {"connection_name": "reliable"}
     return params
+
+
+def vhost_url(url: str, vhost: str) -> str:
+    """
+    Return *url* pointing at *vhost* (path-encoded, so ``/`` becomes ``%2F``).
+
+    >>> vhost_url("amqp://u:p@host:5672/%2F", "orders")
+    'amqp://u:p@host:5672/orders'
+    """
+    parts = urlsplit(url)
+    path = "/" + quote(vhost, safe="")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 # -- messages ----------------------------------------------------------------------

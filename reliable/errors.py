@@ -131,6 +131,23 @@ class UnroutableMessage(BrokerError):
         super().__init__(message)
 
 
+class ApplyIncomplete(BrokerError):
+    """The broker failed part-way through ``topology apply``; re-run it to converge."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        applied: Sequence[str] = (),
+        failed: str = "",
+        reply_code: int | None = None,
+    ) -> None:
+        self.applied = list(applied)
+        self.failed = failed
+        self.reply_code = reply_code
+        super().__init__(message)
+
+
 class ManagementAPIError(BrokerError):
     """The RabbitMQ management HTTP API failed or is unreachable."""
 

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 OutputFormat = Literal["table", "json"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +70,8 @@ def render_rows(
     for _key, header in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
+        # Text, not str: data such as a routing key "[order.*]" is not rich markup.
+        table.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))
     stdout().print(table)
 
 
@@ -83,7 +85,8 @@ def _cell(value: Any) -> str:
 
 def note(message: str) -> None:
     """A diagnostic line on stderr (never mixed into data on stdout)."""
-    stderr().print(message, markup=False)
+    # soft_wrap: a diagnostic stays on one line, so it can be grepped.
+    stderr().print(message, markup=False, soft_wrap=True)
 
 
 def interactive() -> bool:
