@@ -1,0 +1,486 @@
+"""
+`OutboxRelay`: publish committed outbox rows to RabbitMQ with confirms.
+
+One loop iteration claims a batch (a short autocommit statement that leases
+the rows), publishes it with pipelined confirms and ``mandatory``, then
+settles every row in at most three statements: confirmed rows are deleted (or
+stamped when retention keeps them), returned/nacked/refused rows get an
+attempt, an error and a backoff (or die), and unconfirmed rows (fate unknown)
+are handed back to be sent again soon. No transaction is open while the
+broker is being talked to.
+
+When nothing is due the relay waits on LISTEN (the outbox trigger NOTIFYs at
+commit) with polling as the safety net, answering broker heartbeats as it
+waits. Lost connections to RabbitMQ or PostgreSQL are reopened with
+exponential backoff (tenacity); rows claimed by a relay that died come back
+when their lease runs out, so nothing is lost and a crash between confirm and
+mark can only cause a duplicate.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import tenacity
+
+from reliable import amqp, db, errors, outbox_store
+from reliable.log import get_logger
+from reliable.metrics import Metrics
+from reliable.outbox_store import ClaimedRow, Failure
+from reliable.retry import RetryPolicy
+
+logger = get_logger(__name__)
+
+NOTIFY_CHANNEL = "reliable_outbox"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    """Tuning of one relay process (CLI flags map onto these fields)."""
+
+    batch_size: int = 500
+    window: int = 500
+    #: How long a claim holds its rows; must exceed confirm timeout + marking.
+    lease_seconds: float = 60.0
+    confirm_timeout_seconds: float = 30.0
+    #: Longest wait between checks when no NOTIFY arrives (the safety net).
+    poll_interval_seconds: float = 1.0
+    #: Pause before an unconfirmed (fate unknown) row is sent again.
+    unconfirmed_retry_seconds: float = 1.0
+    #: Keep published rows this long (0: delete them once confirmed).
+    keep_published_seconds: float = 0.0
+    cleanup_interval_seconds: float = 60.0
+    cleanup_batch_size: int = 1000
+    #: How often backlog/dead/oldest-age gauges are refreshed.
+    status_interval_seconds: float = 10.0
+    reconnect_max_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.window < 1:
+            msg = f"batch_size and window must be at least 1, got {self.batch_size!r} and {self.window!r}"
+            raise errors.ConfigError(msg, key="batch_size")
+        if self.lease_seconds <= self.confirm_timeout_seconds:
+            msg = (
+                f"lease_seconds {self.lease_seconds!r} must exceed confirm_timeout_seconds "
+                f"{self.confirm_timeout_seconds!r}; raise the lease"
+            )
+            raise errors.ConfigError(msg, key="lease_seconds")
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Counts since the relay started (also exported as Prometheus metrics)."""
+
+    batches: int = 0
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    unconfirmed: int = 0
+    reconnects: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+class OutboxRelay:
+    """
+    Move committed outbox rows to RabbitMQ; run one per process, as many processes as needed.
+
+    ::
+
+        relay = OutboxRelay(database_url=dsn, amqp_url=url)
+        relay.run()  # until relay.stop() (e.g. from a SIGTERM handler)
+
+    Args:
+        database_url: PostgreSQL URL of the database holding the outbox.
+        amqp_url: RabbitMQ URL to publish to.
+        schema: Schema of ``reliable_outbox``.
+        config: Batch, window, lease, timeouts and retention.
+        retry_policy: Backoff and attempt budget for returned/nacked/refused rows.
+        metrics: Where to count; a private registry by default.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        amqp_url: str,
+        schema: str = "reliable",
+        config: RelayConfig | None = None,
+        retry_policy: RetryPolicy | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.amqp_url = amqp_url
+        self.schema = schema
+        self.config = config or RelayConfig()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.stats = RelayStats()
+        self.token = uuid.uuid4()
+        self._stop = threading.Event()
+        self._conn: db.Connection | None = None
+        self._listener: db.Listener | None = None
+        self._publisher = amqp.ConfirmingPublisher(amqp_url, window=self.config.window)
+        self._rng = random.Random()  # jitter only, not security
+        # Settlements that failed because PostgreSQL went away; replayed first
+        # after reconnecting so confirmed rows are not published twice.
+        self._unsettled: list[Callable[[db.Connection], object]] = []
+        self._next_status = 0.0
+        self._next_cleanup = 0.0
+
+    def __repr__(self) -> str:
+        return f"OutboxRelay(schema={self.schema!r}, token={self.token})"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the relay to finish the batch in flight and return (signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> RelayStats:
+        """Relay until `stop()`; connection losses are retried, never fatal."""
+        logger.info(
+            "relay starting", extra={"action": "relay.start", "token": str(self.token)}
+        )
+        try:
+            while not self.stopping:
+                try:
+                    self._connect_with_backoff()
+                    self._loop(once=False)
+                except (errors.BrokerError, errors.DatabaseError) as exc:
+                    if self._stop.is_set():
+                        break
+                    self.stats.reconnects += 1
+                    logger.warning(
+                        "relay lost a connection, reconnecting: %s",
+                        exc,
+                        extra={"action": "relay.reconnect"},
+                    )
+                    self._disconnect()
+        finally:
+            self.close()
+        logger.info(
+            "relay stopped",
+            extra={
+                "action": "relay.stop",
+                "published": self.stats.published,
+                "failed": self.stats.failed,
+            },
+        )
+        return self.stats
+
+    def run_once(self) -> RelayStats:
+        """Publish everything due now, then return (connection errors propagate)."""
+        try:
+            self._open()
+            self._loop(once=True)
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        self._disconnect()
+
+    # -- connections -------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.database_url, autocommit=True)
+        if self._listener is None or self._listener.closed:
+            self._listener = db.Listener(self.database_url, NOTIFY_CHANNEL)
+        self._publisher.connect()
+        while self._unsettled:
+            self._unsettled[0](self._conn)
+            self._unsettled.pop(0)
+
+    def _connect_with_backoff(self) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(
+                (errors.BrokerError, errors.DatabaseError)
+            ),
+            wait=tenacity.wait_exponential(
+                multiplier=0.2, max=self.config.reconnect_max_seconds
+            )
+            + tenacity.wait_random(0, 0.2),
+            stop=lambda _state: self.stopping,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    self._open()
+                except (errors.BrokerError, errors.DatabaseError):
+                    self._disconnect()
+                    raise
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "cannot connect (attempt %d), retrying in %.1fs: %s",
+            state.attempt_number,
+            state.upcoming_sleep,
+            exc,
+            extra={"action": "relay.connect_retry"},
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a dead connection may fail to close
+                logger.debug("closing the database connection failed", exc_info=True)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        self._publisher.close()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _loop(self, *, once: bool) -> None:
+        while not self.stopping:
+            claimed = self.step()
+            self._housekeeping()
+            if once:
+                if claimed == 0:
+                    return
+                continue
+            if claimed < self.config.batch_size:
+                self._idle_wait()
+
+    def step(self) -> int:
+        """Claim, publish and settle one batch; return the number of rows claimed."""
+        conn = self._require_conn()
+        started = time.perf_counter()
+        rows = outbox_store.claim(
+            conn,
+            schema=self.schema,
+            token=self.token,
+            limit=self.config.batch_size,
+            lease_seconds=self.config.lease_seconds,
+        )
+        if not rows:
+            self.metrics.relay_last_batch.set(time.time())
+            return 0
+        try:
+            result = self._publisher.publish_batch(
+                [r.to_message() for r in rows],
+                timeout_seconds=self.config.confirm_timeout_seconds,
+            )
+        except errors.BrokerError:
+            # Nothing was sent: hand the rows back at once, then reconnect.
+            ids = [r.id for r in rows]
+            self._settle_all(
+                [
+                    lambda c: outbox_store.release(
+                        c, ids, schema=self.schema, token=self.token, delay_seconds=0.0
+                    )
+                ]
+            )
+            raise
+        self._settle(rows, result)
+        self.stats.batches += 1
+        self.metrics.outbox_batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.relay_last_batch.set(time.time())
+        # Connection lost with confirms outstanding: let the caller reconnect.
+        if not self._publisher.is_open and any(
+            o.status == "unconfirmed" for o in result.outcomes
+        ):
+            msg = "RabbitMQ connection lost with confirms outstanding; reconnecting"
+            raise errors.BrokerConnectionError(msg)
+        return len(rows)
+
+    def _settle(self, rows: Sequence[ClaimedRow], result: amqp.PublishResult) -> None:
+        confirmed: list[ClaimedRow] = []
+        failures: list[Failure] = []
+        unconfirmed: list[ClaimedRow] = []
+        for row, outcome in zip(rows, result.outcomes, strict=True):
+            if outcome.status == "confirmed":
+                confirmed.append(row)
+            elif outcome.status == "unconfirmed":
+                unconfirmed.append(row)
+            else:
+                failures.append(self._failure(row, outcome))
+        keep = self.config.keep_published_seconds > 0
+        confirmed_ids = [r.id for r in confirmed]
+        unconfirmed_ids = [r.id for r in unconfirmed]
+        self._count(confirmed, failures, unconfirmed, rows, result)
+        self._settle_all(
+            [
+                lambda c: self._mark(c, confirmed_ids, keep=keep, rows=confirmed),
+                lambda c: outbox_store.record_failures(
+                    c, failures, schema=self.schema, token=self.token
+                ),
+                lambda c: outbox_store.release(
+                    c,
+                    unconfirmed_ids,
+                    schema=self.schema,
+                    token=self.token,
+                    delay_seconds=self.config.unconfirmed_retry_seconds,
+                ),
+            ]
+        )
+
+    def _mark(
+        self,
+        conn: db.Connection,
+        ids: list[int],
+        *,
+        keep: bool,
+        rows: Sequence[ClaimedRow],
+    ) -> None:
+        outbox_store.mark_published(conn, ids, schema=self.schema, keep=keep)
+        if rows:
+            logger.debug(
+                "published %d messages",
+                len(rows),
+                extra={
+                    "action": "relay.published",
+                    "message_ids": [r.message_id for r in rows],
+                },
+            )
+
+    def _failure(self, row: ClaimedRow, outcome: amqp.Outcome) -> Failure:
+        attempt = row.attempts + 1
+        dead = self.retry_policy.exhausted(attempt)
+        delay = 0.0 if dead else self.retry_policy.delay(attempt, self._rng)
+        error = f"{outcome.status}: {outcome.reason}".strip()
+        level = logger.error if dead else logger.warning
+        level(
+            "message %s to exchange %r routing key %r %s (attempt %d)%s",
+            row.message_id,
+            row.exchange,
+            row.routing_key,
+            error,
+            attempt,
+            "; now dead" if dead else f"; next try in {delay:.1f}s",
+            extra={
+                "action": "relay.dead" if dead else "relay.retry",
+                "message_id": row.message_id,
+                "exchange": row.exchange,
+                "routing_key": row.routing_key,
+                "attempt": attempt,
+                "reason": outcome.status,
+            },
+        )
+        return Failure(row.id, error, delay, dead)
+
+    def _count(
+        self,
+        confirmed: Sequence[ClaimedRow],
+        failures: Sequence[Failure],
+        unconfirmed: Sequence[ClaimedRow],
+        rows: Sequence[ClaimedRow],
+        result: amqp.PublishResult,
+    ) -> None:
+        self.stats.published += len(confirmed)
+        self.stats.failed += len(failures)
+        self.stats.dead += sum(f.dead for f in failures)
+        self.stats.unconfirmed += len(unconfirmed)
+        per_exchange = Counter(r.exchange for r in confirmed)
+        for exchange, n in per_exchange.items():
+            self.metrics.outbox_published.labels(exchange=exchange).inc(n)
+        for outcome in result.outcomes:
+            if outcome.status != "confirmed":
+                self.stats.by_reason[outcome.status] += 1
+                self.metrics.outbox_failures.labels(reason=outcome.status).inc()
+        if unconfirmed:
+            logger.warning(
+                "%d messages unconfirmed, sending again soon: %s",
+                len(unconfirmed),
+                next(
+                    (o.reason for o in result.outcomes if o.status == "unconfirmed"),
+                    "",
+                ),
+                extra={
+                    "action": "relay.unconfirmed",
+                    "message_ids": [r.message_id for r in unconfirmed],
+                },
+            )
+
+    def _settle_all(self, actions: Sequence[Callable[[db.Connection], object]]) -> None:
+        """Run settlements now, or keep them for after the reconnect if PostgreSQL is gone."""
+        for i, action in enumerate(actions):
+            try:
+                action(self._require_conn())
+            except errors.DatabaseError:
+                self._unsettled.extend(actions[i:])
+                raise
+
+    def _require_conn(self) -> db.Connection:
+        if self._conn is None or self._conn.closed:
+            msg = "the relay has no database connection; reconnecting"
+            raise errors.DatabaseError(msg)
+        return self._conn
+
+    # -- idle and housekeeping ---------------------------------------------------
+
+    def _idle_wait(self) -> None:
+        """Wait for a NOTIFY, the next due row, or the poll interval, whichever is first."""
+        conn = self._require_conn()
+        due = outbox_store.next_due_seconds(conn, schema=self.schema)
+        timeout = self.config.poll_interval_seconds
+        if due is not None:
+            timeout = min(timeout, max(due, 0.0))
+        if timeout <= 0:
+            return
+        listener = self._listener
+        deadline = time.monotonic() + timeout
+        while not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or listener is None:
+                return
+            if listener.wait(min(remaining, 0.5)):
+                return
+            # Serve broker heartbeats while idle.
+            self._publisher.poll(0.001)
+            if not self._publisher.is_open:
+                self._publisher.connect()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        conn = self._require_conn()
+        if now >= self._next_status:
+            self._next_status = now + self.config.status_interval_seconds
+            self.refresh_gauges(conn)
+        keep = self.config.keep_published_seconds
+        if keep > 0 and now >= self._next_cleanup:
+            self._next_cleanup = now + self.config.cleanup_interval_seconds
+            deleted = outbox_store.purge(
+                conn,
+                schema=self.schema,
+                what="published",
+                older_than_seconds=keep,
+                batch_size=self.config.cleanup_batch_size,
+                max_batches=20,
+            )
+            if deleted:
+                logger.info(
+                    "deleted %d published rows past retention",
+                    deleted,
+                    extra={"action": "relay.retention", "deleted": deleted},
+                )
+
+    def refresh_gauges(self, conn: db.Connection) -> dict[str, float]:
+        """Set the backlog, dead-row and oldest-age gauges from the table."""
+        data = outbox_store.summary(conn, schema=self.schema)
+        self.metrics.outbox_backlog.set(data["backlog"])
+        self.metrics.outbox_dead.set(data["dead"])
+        self.metrics.outbox_oldest_age.set(data["oldest_age_seconds"])
+        return data
