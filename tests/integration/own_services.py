@@ -11,6 +11,7 @@ or the Debian package locations; the tests skip when none is found.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -58,7 +59,7 @@ def _wait(check: object, what: str, timeout: float = 60.0) -> None:
         try:
             if check():  # type: ignore[operator]
                 return
-        except Exception:  # noqa: S110 - not up yet
+        except Exception:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{what} did not start within {timeout:g}s")
@@ -144,10 +145,8 @@ def own_postgres() -> Iterator[OwnPostgres]:
         server.start()
         yield server
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             server.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(root, ignore_errors=True)
 
 
