@@ -60,6 +60,9 @@ class RelayConfig:
     #: How often backlog/dead/oldest-age gauges are refreshed.
     status_interval_seconds: float = 10.0
     reconnect_max_seconds: float = 10.0
+    #: Wait for the WAL flush on the relay's own commits. Off by default: a
+    #: lost relay commit after a PostgreSQL crash only causes a duplicate.
+    synchronous_commit: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.window < 1:
@@ -197,6 +200,8 @@ class OutboxRelay:
     def _open(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.database_url, autocommit=True)
+            if not self.config.synchronous_commit:
+                db.execute(self._conn, "relay_session", schema=self.schema)
         if self._listener is None or self._listener.closed:
             self._listener = db.Listener(self.database_url, NOTIFY_CHANNEL)
         self._publisher.connect()
@@ -434,13 +439,15 @@ class OutboxRelay:
     def _idle_wait(self) -> None:
         """Wait for a NOTIFY, the next due row, or the poll interval, whichever is first."""
         conn = self._require_conn()
+        listener = self._listener
+        if listener is not None and listener.wait(0.0):
+            return  # rows committed while this batch was out
         due = outbox_store.next_due_seconds(conn, schema=self.schema)
         timeout = self.config.poll_interval_seconds
         if due is not None:
             timeout = min(timeout, max(due, 0.0))
         if timeout <= 0:
             return
-        listener = self._listener
         deadline = time.monotonic() + timeout
         while not self.stopping:
             remaining = deadline - time.monotonic()

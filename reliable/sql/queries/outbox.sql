@@ -176,3 +176,10 @@ DELETE FROM {schema}.reliable_outbox
                  AND published_at < now() - make_interval(secs => %(older_than_seconds)s)
                ORDER BY published_at
                LIMIT %(limit)s);
+
+-- relay_session --
+-- The relay's own connection: its commits (claims, marks) need not wait for
+-- the WAL flush. A PostgreSQL crash can then undo the last few hundred
+-- milliseconds of claims and marks, which only re-publishes those rows
+-- (a duplicate, never a loss); the application's own commits are untouched.
+SET synchronous_commit = off;
