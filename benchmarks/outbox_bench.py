@@ -295,19 +295,29 @@ def bench_latency(env: Env, rate: float, seconds: float) -> None:
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     time.sleep(2.0)  # let the relay reach its idle LISTEN wait
-    with psycopg.connect(env.database_url) as conn:
-        start = time.perf_counter()
-        for i in range(total):
-            due = start + i / rate
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            with conn.transaction():
-                mid = rel.outbox.publish(
-                    conn, exchange=EXCHANGE, routing_key=q, body=BODY
-                )
-            committed[mid] = time.perf_counter()
-        achieved = total / (time.perf_counter() - start)
+    # Several writers: one commit per message waits for a WAL flush, which
+    # caps a single connection well below the offered rate on this machine.
+    writers = 8
+    t_start = time.perf_counter() + 0.5
+
+    def writer(k: int) -> None:
+        with psycopg.connect(env.database_url) as conn:
+            for i in range(k, total, writers):
+                pause = t_start + i / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                with conn.transaction():
+                    mid = rel.outbox.publish(
+                        conn, exchange=EXCHANGE, routing_key=q, body=BODY
+                    )
+                committed[mid] = time.perf_counter()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    achieved = total / (time.perf_counter() - t_start)
     stop.set()
     deadline = time.monotonic() + 60
     while len(received) < total and time.monotonic() < deadline:
@@ -319,7 +329,7 @@ def bench_latency(env: Env, rate: float, seconds: float) -> None:
     p = statistics.quantiles(lat, n=100)
     print(
         f"latency: {total} msgs offered at {rate:,.0f}/s (achieved {achieved:,.0f}/s), "
-        f"one message per transaction, relay in its own process\n"
+        f"one message per transaction from {writers} writers, relay in its own process\n"
         f"  commit -> delivered to consumer: p50 {p[49]:.1f} ms, p90 {p[89]:.1f} ms, "
         f"p99 {p[98]:.1f} ms, max {lat[-1]:.1f} ms (goal p50 <= 10, p99 <= 50)\n"
         f"  received {len(lat)}/{total}"
@@ -348,15 +358,18 @@ def bench_publish(env: Env, n: int) -> None:
             {"content_type": "application/json", "delivery_mode": 2}
         )
 
-        def run(label: str, fn: Any, per_tx: int) -> float:
-            elapsed = 0.0
+        def run(fn: Any, per_tx: int) -> tuple[float, float]:
+            """Milliseconds per message: inside the transaction, and including the commit."""
+            inside = 0.0
+            total = 0.0
             for _ in range(n // per_tx):
                 t0 = time.perf_counter()
                 with conn.transaction():
                     for _ in range(per_tx):
                         fn()
-                elapsed += time.perf_counter() - t0
-            return elapsed / n * 1000
+                    inside += time.perf_counter() - t0
+                total += time.perf_counter() - t0
+            return inside / n * 1000, total / n * 1000
 
         def bare() -> None:
             conn.execute(plain, [str(uuid.uuid4()), EXCHANGE, "k", BODY, props])
@@ -379,15 +392,17 @@ def bench_publish(env: Env, n: int) -> None:
             )
 
         print(
-            f"publish cost: {n} messages, time per message including its share of the commit"
+            f"publish cost: {n} messages; ms per message inside the transaction "
+            "(what the caller's transaction pays) / including its share of the commit"
         )
         for per_tx in (100, 1):
-            b = run("bare", bare, per_tx)
-            p = run("publish", publish, per_tx)
-            k = run("publish keyed", publish_keyed, per_tx)
+            b_in, b_all = run(bare, per_tx)
+            p_in, p_all = run(publish, per_tx)
+            k_in, k_all = run(publish_keyed, per_tx)
             print(
-                f"  {per_tx:>3} per transaction: bare INSERT {b:.3f} ms, publish {p:.3f} ms "
-                f"(ratio {p / b:.2f}), publish with ordering_key {k:.3f} ms (ratio {k / b:.2f})"
+                f"  {per_tx:>3} per tx: bare INSERT {b_in:.3f} / {b_all:.3f}; "
+                f"publish {p_in:.3f} / {p_all:.3f} (ratio {p_in / b_in:.2f}); "
+                f"publish with ordering_key {k_in:.3f} / {k_all:.3f} (ratio {k_in / b_in:.2f})"
             )
         print("  goal: publish <= 0.2 ms/message")
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.integration.outbox_support import (
     wait_for,
     write,
 )
+from tests.integration.own_services import free_port
 
 
 def _env(broker: Broker, database: Database) -> dict[str, str]:
@@ -137,12 +139,19 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits_zero(
     ids = set(
         write(database, [{"routing_key": "orders", "body": {"n": i}} for i in range(n)])
     )
-    relay = _relay(broker, database, "--batch-size", "200")
+    port = free_port()
+    relay = _relay(broker, database, "--batch-size", "200", "--metrics-port", str(port))
     try:
         wait_for(
             lambda: queue_depth(broker.amqp_url, "orders") > 0,
             what="publishing started",
         )
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        assert "reliable_outbox_published_total{" in metrics
         relay.send_signal(signal.SIGTERM)
         _, stderr = relay.communicate(timeout=30)
     finally:

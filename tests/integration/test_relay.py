@@ -187,3 +187,26 @@ def test_retention_keeps_published_rows_only_when_asked(
     kept = outbox_rows(database, "published_at IS NOT NULL")
     assert len(kept) == (5 if keep else 0)
     assert outbox_rows(database, "published_at IS NULL") == []
+
+
+def test_metrics_count_published_failures_and_backlog(
+    broker: Broker, database: Database
+) -> None:
+    declare(broker.amqp_url, "orders")
+    write(database, [{"routing_key": "orders", "body": {"n": i}} for i in range(4)])
+    write(database, [{"routing_key": "nowhere", "body": {}}])
+    write(database, [{"routing_key": "orders", "body": {}, "delay": 3600}])
+    rel = Reliable(
+        database_url=database.url, amqp_url=broker.amqp_url, db_schema=database.schema
+    )
+    relay = rel.relay(retry_policy=RetryPolicy(max_attempts=1))
+
+    relay.run_once()
+
+    m = rel.metrics
+    assert m.value("reliable_outbox_published_total", {"exchange": EXCHANGE}) == 4
+    assert m.value("reliable_outbox_failures_total", {"reason": "returned"}) == 1
+    assert m.value("reliable_outbox_dead_rows") == 1
+    assert m.value("reliable_outbox_backlog") == 1  # the delayed one
+    assert m.value("reliable_outbox_batch_duration_seconds_count") >= 1
+    assert m.value("reliable_relay_last_batch_timestamp_seconds") > 0
