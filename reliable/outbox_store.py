@@ -86,15 +86,9 @@ def claim(
     limit: int,
     lease_seconds: float,
 ) -> list[ClaimedRow]:
-    """Claim due unkeyed rows, then the due heads of keyed queues, up to *limit* in all."""
+    """Claim up to *limit* due unkeyed rows and up to *limit* due keyed-queue heads."""
     params = {"token": token, "limit": limit, "lease_seconds": lease_seconds}
-    rows = [_row(r) for r in db.query(conn, "claim_unkeyed", params, schema=schema)]
-    room = limit - len(rows)
-    if room > 0:
-        params["limit"] = room
-        rows.extend(
-            _row(r) for r in db.query(conn, "claim_keyed_heads", params, schema=schema)
-        )
+    rows = [_row(r) for r in db.query(conn, "claim_batch", params, schema=schema)]
     rows.sort(key=lambda r: r.id)
     return rows
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import tenacity
 
@@ -33,60 +33,14 @@ from reliable import amqp, db, errors, outbox_store
 from reliable.log import get_logger
 from reliable.metrics import Metrics
 from reliable.outbox_store import ClaimedRow, Failure
+from reliable.relay_config import RelayConfig, RelayStats
 from reliable.retry import RetryPolicy
 
 logger = get_logger(__name__)
 
 NOTIFY_CHANNEL = "reliable_outbox"
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RelayConfig:
-    """Tuning of one relay process (CLI flags map onto these fields)."""
-
-    batch_size: int = 500
-    window: int = 500
-    #: How long a claim holds its rows; must exceed confirm timeout + marking.
-    lease_seconds: float = 60.0
-    confirm_timeout_seconds: float = 30.0
-    #: Longest wait between checks when no NOTIFY arrives (the safety net).
-    poll_interval_seconds: float = 1.0
-    #: Pause before an unconfirmed (fate unknown) row is sent again.
-    unconfirmed_retry_seconds: float = 1.0
-    #: Keep published rows this long (0: delete them once confirmed).
-    keep_published_seconds: float = 0.0
-    cleanup_interval_seconds: float = 60.0
-    cleanup_batch_size: int = 1000
-    #: How often backlog/dead/oldest-age gauges are refreshed.
-    status_interval_seconds: float = 10.0
-    reconnect_max_seconds: float = 10.0
-    #: Wait for the WAL flush on the relay's own commits. Off by default: a
-    #: lost relay commit after a PostgreSQL crash only causes a duplicate.
-    synchronous_commit: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.window < 1:
-            msg = f"batch_size and window must be at least 1, got {self.batch_size!r} and {self.window!r}"
-            raise errors.ConfigError(msg, key="batch_size")
-        if self.lease_seconds <= self.confirm_timeout_seconds:
-            msg = (
-                f"lease_seconds {self.lease_seconds!r} must exceed confirm_timeout_seconds "
-                f"{self.confirm_timeout_seconds!r}; raise the lease"
-            )
-            raise errors.ConfigError(msg, key="lease_seconds")
-
-
-@dataclass(slots=True)
-class RelayStats:
-    """Counts since the relay started (also exported as Prometheus metrics)."""
-
-    batches: int = 0
-    published: int = 0
-    failed: int = 0
-    dead: int = 0
-    unconfirmed: int = 0
-    reconnects: int = 0
-    by_reason: Counter[str] = field(default_factory=Counter)
+__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "RelayConfig", "RelayStats"]
 
 
 class OutboxRelay:
@@ -137,6 +91,7 @@ class OutboxRelay:
         self._unsettled: list[Callable[[db.Connection], object]] = []
         self._next_status = 0.0
         self._next_cleanup = 0.0
+        self._executor: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"OutboxRelay(schema={self.schema!r}, token={self.token})"
@@ -245,6 +200,9 @@ class OutboxRelay:
         self._stop.wait(seconds)
 
     def _disconnect(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -259,32 +217,110 @@ class OutboxRelay:
     # -- the loop ----------------------------------------------------------------
 
     def _loop(self, *, once: bool) -> None:
-        while not self.stopping:
-            claimed = self.step()
-            self._housekeeping()
-            if once:
-                if claimed == 0:
-                    return
-                continue
-            if claimed < self.config.batch_size:
-                self._idle_wait()
+        """
+        Claim, publish and settle batches until stopped (or, *once*, until nothing is due).
+
+        While a full batch is being published, the next claim and the previous
+        batch's settlement run on a database worker thread, so PostgreSQL and
+        RabbitMQ round trips overlap instead of adding up. The worker runs
+        tasks in submission order, so a batch is always settled before any
+        claim submitted after it.
+        """
+        ahead: Future[list[ClaimedRow]] | None = None
+        settling: Future[None] | None = None
+        try:
+            while not self.stopping:
+                if ahead is None and settling is not None:
+                    # A claim on this thread must see the last batch settled.
+                    settling.result()
+                    settling = None
+                rows = ahead.result() if ahead is not None else self._claim()
+                ahead = None
+                if settling is not None:
+                    settling.result()  # surface a failed settlement now
+                    settling = None
+                full = len(rows) >= self.config.batch_size
+                if full and not self.stopping:
+                    ahead = self._worker().submit(self._claim)
+                if rows:
+                    started = time.perf_counter()
+                    result = self._publish(rows)
+                    settling = self._worker().submit(
+                        self._settle_batch, rows, result, started
+                    )
+                    self._check_connection(result)
+                else:
+                    self.metrics.relay_last_batch.set(time.time())
+                self._housekeeping()
+                if once:
+                    if not rows:
+                        self.refresh_gauges(self._require_conn())
+                        return
+                    continue
+                if not full:
+                    if settling is not None:
+                        settling.result()
+                        settling = None
+                    self._idle_wait()
+        finally:
+            self._drain_worker(ahead, settling)
+
+    def _drain_worker(
+        self, ahead: Future[list[ClaimedRow]] | None, settling: Future[None] | None
+    ) -> None:
+        """Finish the pending settlement and hand back rows claimed ahead but never sent."""
+        try:
+            if settling is not None:
+                settling.result()
+            if ahead is not None:
+                ids = [r.id for r in ahead.result()]
+                if ids:
+                    outbox_store.release(
+                        self._require_conn(),
+                        ids,
+                        schema=self.schema,
+                        token=self.token,
+                        delay_seconds=0.0,
+                    )
+        except errors.ReliableError as exc:
+            # The rows come back when their lease runs out; settlements are retried.
+            logger.warning(
+                "could not finish database work while stopping: %s",
+                exc,
+                extra={"action": "relay.drain"},
+            )
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="reliable-relay-db"
+            )
+        return self._executor
 
     def step(self) -> int:
-        """Claim, publish and settle one batch; return the number of rows claimed."""
-        conn = self._require_conn()
+        """Claim, publish and settle one batch without overlap; return the rows claimed."""
+        rows = self._claim()
+        if not rows:
+            self.metrics.relay_last_batch.set(time.time())
+            return 0
         started = time.perf_counter()
-        rows = outbox_store.claim(
-            conn,
+        result = self._publish(rows)
+        self._settle_batch(rows, result, started)
+        self._check_connection(result)
+        return len(rows)
+
+    def _claim(self) -> list[ClaimedRow]:
+        return outbox_store.claim(
+            self._require_conn(),
             schema=self.schema,
             token=self.token,
             limit=self.config.batch_size,
             lease_seconds=self.config.lease_seconds,
         )
-        if not rows:
-            self.metrics.relay_last_batch.set(time.time())
-            return 0
+
+    def _publish(self, rows: Sequence[ClaimedRow]) -> amqp.PublishResult:
         try:
-            result = self._publisher.publish_batch(
+            return self._publisher.publish_batch(
                 [r.to_message() for r in rows],
                 timeout_seconds=self.config.confirm_timeout_seconds,
             )
@@ -299,17 +335,22 @@ class OutboxRelay:
                 ]
             )
             raise
+
+    def _settle_batch(
+        self, rows: Sequence[ClaimedRow], result: amqp.PublishResult, started: float
+    ) -> None:
         self._settle(rows, result)
         self.stats.batches += 1
         self.metrics.outbox_batch_seconds.observe(time.perf_counter() - started)
         self.metrics.relay_last_batch.set(time.time())
+
+    def _check_connection(self, result: amqp.PublishResult) -> None:
         # Connection lost with confirms outstanding: let the caller reconnect.
         if not self._publisher.is_open and any(
             o.status == "unconfirmed" for o in result.outcomes
         ):
             msg = "RabbitMQ connection lost with confirms outstanding; reconnecting"
             raise errors.BrokerConnectionError(msg)
-        return len(rows)
 
     def _settle(self, rows: Sequence[ClaimedRow], result: amqp.PublishResult) -> None:
         confirmed: list[ClaimedRow] = []

@@ -6,12 +6,22 @@ VALUES
     (%(message_id)s, %(exchange)s, %(routing_key)s, %(body)s, %(properties)s,
      %(ordering_key)s, now() + make_interval(secs => %(delay_seconds)s));
 
--- claim_unkeyed --
--- Take up to %(limit)s due rows without an ordering key. The lease moves
--- available_at forward, so the claim commits at once and no transaction stays
--- open while the relay talks to RabbitMQ; a crashed relay's rows come due
--- again when the lease runs out. SKIP LOCKED lets several relays claim at once.
-WITH picked AS (
+-- claim_batch --
+-- Claim, in one statement (one round trip), up to %(limit)s due rows without
+-- an ordering key and up to %(limit)s due heads of keyed queues.
+--
+-- Unkeyed rows: in due order. The lease moves available_at forward, so the
+-- claim commits at once and no transaction stays open while the relay talks
+-- to RabbitMQ; a crashed relay's rows come due again when the lease runs out.
+-- SKIP LOCKED lets several relays claim side by side.
+--
+-- Keyed rows: only the head (first row in commit-stamp order) of each key
+-- whose head is due. A key whose head is leased, backing off or delayed is
+-- skipped, so its later rows wait: one message per key is in flight across
+-- all relays. The due test is on the locked row itself (o), so READ COMMITTED
+-- re-checks it against a claim another relay committed after this
+-- statement's snapshot was taken.
+WITH unkeyed AS (
     SELECT id
       FROM {schema}.reliable_outbox
      WHERE ordering_key IS NULL AND published_at IS NULL AND dead_at IS NULL
@@ -19,27 +29,12 @@ WITH picked AS (
      ORDER BY available_at, id
      LIMIT %(limit)s
        FOR NO KEY UPDATE SKIP LOCKED
-)
-UPDATE {schema}.reliable_outbox AS o
-   SET available_at = now() + make_interval(secs => %(lease_seconds)s),
-       claim_token = %(token)s
-  FROM picked
- WHERE o.id = picked.id
-RETURNING o.id, o.message_id, o.exchange, o.routing_key, o.body, o.properties,
-          o.ordering_key, o.attempts, o.created_at;
-
--- claim_keyed_heads --
--- Take the head (first row in commit-stamp order) of each ordering key whose
--- head is due. A key whose head is leased, backing off or delayed is skipped,
--- so its later rows wait: one message per key is in flight across all relays.
--- The due test is on the locked row itself (o), so READ COMMITTED re-checks it
--- against a claim another relay committed after this statement's snapshot.
-WITH heads AS (
+), heads AS (
     SELECT DISTINCT ON (ordering_key) id
       FROM {schema}.reliable_outbox
      WHERE ordering_key IS NOT NULL AND published_at IS NULL AND dead_at IS NULL
      ORDER BY ordering_key, commit_seq, id
-), picked AS (
+), keyed AS (
     SELECT o.id
       FROM {schema}.reliable_outbox AS o
      WHERE o.id IN (SELECT id FROM heads)
@@ -52,8 +47,7 @@ WITH heads AS (
 UPDATE {schema}.reliable_outbox AS o
    SET available_at = now() + make_interval(secs => %(lease_seconds)s),
        claim_token = %(token)s
-  FROM picked
- WHERE o.id = picked.id
+ WHERE o.id IN (SELECT id FROM unkeyed UNION ALL SELECT id FROM keyed)
 RETURNING o.id, o.message_id, o.exchange, o.routing_key, o.body, o.properties,
           o.ordering_key, o.attempts, o.created_at;
 
