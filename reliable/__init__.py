@@ -29,6 +29,8 @@ from reliable.errors import (
     UnroutableMessage,
 )
 from reliable.outbox import Outbox, OutboxMessage
+from reliable.relay import OutboxRelay, RelayConfig
+from reliable.retry import RetryPolicy
 
 __version__ = importlib.metadata.version("reliable")
 
@@ -39,6 +41,9 @@ __all__ = [
     # Messages, outbox and inbox
     "Outbox",
     "OutboxMessage",
+    "OutboxRelay",
+    "RelayConfig",
+    "RetryPolicy",
     # Errors
     "ReliableError",
     "ConfigError",

@@ -9,12 +9,16 @@ tooling). Building it does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reliable import db
 from reliable.config import DEFAULT_AMQP_URL, DEFAULT_MANAGEMENT_URL, Settings
 from reliable.metrics import Metrics
 from reliable.outbox import Outbox
+
+if TYPE_CHECKING:
+    from reliable.relay import OutboxRelay, RelayConfig
+    from reliable.retry import RetryPolicy
 
 
 class Reliable:
@@ -98,3 +102,38 @@ class Reliable:
     @property
     def management_url(self) -> str:
         return self.settings.management_url or DEFAULT_MANAGEMENT_URL
+
+    def relay(
+        self,
+        *,
+        config: RelayConfig | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> OutboxRelay:
+        """
+        Build an `OutboxRelay` for this app's database, broker, schema and metrics.
+
+        ::
+
+            relay = rel.relay()
+            relay.run_once()  # or relay.run() until relay.stop()
+
+        Batch size, poll interval and confirm timeout default to the settings.
+        """
+        from reliable.relay import OutboxRelay, RelayConfig
+
+        s = self.settings
+        if config is None:
+            config = RelayConfig(
+                batch_size=s.outbox_batch_size,
+                poll_interval_seconds=s.outbox_poll_interval_seconds,
+                confirm_timeout_seconds=s.confirm_timeout_seconds,
+                lease_seconds=max(60.0, s.confirm_timeout_seconds * 2),
+            )
+        return OutboxRelay(
+            database_url=s.database_url,
+            amqp_url=self.amqp_url,
+            schema=s.db_schema,
+            config=config,
+            retry_policy=retry_policy,
+            metrics=self.metrics,
+        )

@@ -110,3 +110,45 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     """A transaction (or savepoint) on *conn*, for the toolkit's own connections."""
     with translate_errors(), conn.transaction():
         yield conn
+
+
+class Listener:
+    """
+    A dedicated autocommit connection that LISTENs on one channel.
+
+    Used by the relay to wake up as soon as a writing transaction commits
+    (NOTIFY is delivered at commit, never for a rolled-back transaction).
+
+    Raises:
+        reliable.errors.DatabaseError: PostgreSQL cannot be reached.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        self._conn = connect(url, autocommit=True)
+        with translate_errors():
+            self._conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+
+    def wait(self, timeout_seconds: float) -> list[str]:
+        """
+        Return the payloads of notifications received within *timeout_seconds*.
+
+        Returns as soon as one arrives (then also drains any already queued);
+        an empty list means the time ran out.
+        """
+        payloads: list[str] = []
+        with translate_errors():
+            for notify in self._conn.notifies(
+                timeout=max(timeout_seconds, 0.0), stop_after=1
+            ):
+                payloads.append(notify.payload)
+            if payloads:
+                payloads.extend(n.payload for n in self._conn.notifies(timeout=0.0))
+        return payloads
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._conn.closed)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
