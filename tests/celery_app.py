@@ -56,6 +56,9 @@ app.conf.update(
     task_default_routing_key="tasks",
     task_routes={"tests.celery_app.timeout": {"queue": "limited"}},
     worker_prefetch_multiplier=1,
+    # Celery declares 28 celery_delayed_* queues per vhost when it sees quorum
+    # queues; classic ones are far cheaper to create and delete per test.
+    broker_native_delayed_delivery_queue_type="classic",
     broker_transport_options={"confirm_publish": True},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
