@@ -143,7 +143,11 @@ class Env:
     # -- broker ----------------------------------------------------------------------
 
     def channel(self) -> Any:
-        return pika.BlockingConnection(pika.URLParameters(self.broker.amqp_url))
+        params = pika.URLParameters(self.broker.amqp_url)
+        # Generous: the shared test broker can stall for seconds under other loads.
+        params.socket_timeout = 30
+        params.stack_timeout = 60
+        return pika.BlockingConnection(params)
 
     def queue_state(self, queue: str) -> tuple[int, int]:
         """(ready messages, consumers) from a passive declare (live, unlike management stats)."""
@@ -211,7 +215,8 @@ def prepare(broker: Broker, database: Database, logs: Path) -> Iterator[Env]:
                 sql.Identifier(database.schema)
             )
         )
-    conn_amqp = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    env = Env(broker, database, logs)
+    conn_amqp = env.channel()
     try:
         ch = conn_amqp.channel()
         ch.exchange_declare("dlx", exchange_type="fanout", durable=True)
@@ -219,7 +224,6 @@ def prepare(broker: Broker, database: Database, logs: Path) -> Iterator[Env]:
         ch.queue_bind("dlq", "dlx")
     finally:
         conn_amqp.close()
-    env = Env(broker, database, logs)
     try:
         yield env
     finally:
