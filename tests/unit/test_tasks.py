@@ -92,7 +92,9 @@ def test_bound_body_takes_task_then_connection(rel: Reliable) -> None:
     def bound(self: Any, conn: Any, x: int) -> int:
         return x
 
-    assert list(inspect.signature(type(bound).run).parameters) == ["self", "x"]
+    task_class = type(bound._get_current_object())
+
+    assert list(inspect.signature(task_class.run).parameters) == ["self", "x"]
 
 
 def test_rel_task_without_celery_app_is_a_config_error() -> None:
