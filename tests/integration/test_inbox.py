@@ -103,12 +103,13 @@ def test_rolled_back_claim_is_forgotten(database: Database, inbox: Inbox) -> Non
 def test_other_consumers_claim_the_same_message_independently(
     database: Database, inbox: Inbox
 ) -> None:
-    with database.connect() as conn, conn.transaction():
-        with (
-            inbox.claim(conn, "billing", "m-3") as a,
-            inbox.claim(conn, "shipping", "m-3") as b,
-        ):
-            pass
+    with (
+        database.connect() as conn,
+        conn.transaction(),
+        inbox.claim(conn, "billing", "m-3") as a,
+        inbox.claim(conn, "shipping", "m-3") as b,
+    ):
+        pass
 
     assert (a, b) == (True, True)
 
@@ -121,11 +122,14 @@ def test_concurrent_duplicate_waits_for_the_first_and_then_skips(
     release = threading.Event()
 
     def first() -> None:
-        with database.connect() as conn, conn.transaction():
-            with inbox.claim(conn, "billing", "m-4") as got:
-                results["first"] = got
-                first_claimed.set()
-                release.wait(10)
+        with (
+            database.connect() as conn,
+            conn.transaction(),
+            inbox.claim(conn, "billing", "m-4") as got,
+        ):
+            results["first"] = got
+            first_claimed.set()
+            release.wait(10)
 
     def second() -> None:
         first_claimed.wait(10)
