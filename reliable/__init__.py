@@ -28,6 +28,7 @@ from reliable.errors import (
     TopologyFileError,
     UnroutableMessage,
 )
+from reliable.inbox import Inbox
 from reliable.outbox import Outbox, OutboxMessage
 
 __version__ = importlib.metadata.version("reliable")
@@ -39,6 +40,7 @@ __all__ = [
     # Messages, outbox and inbox
     "Outbox",
     "OutboxMessage",
+    "Inbox",
     # Errors
     "ReliableError",
     "ConfigError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from reliable import db
 from reliable.config import DEFAULT_AMQP_URL, DEFAULT_MANAGEMENT_URL, Settings
@@ -109,6 +109,12 @@ class Reliable:
     def task_connections(self) -> db.ProcessLocalConnection:
         """The connections task bodies run in: one per worker process and thread, opened lazily."""
         return db.ProcessLocalConnection(self.settings.database_url)
+
+    @overload
+    def task(self, body: Callable[..., Any], /) -> Any: ...
+
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[..., Any]], Any]: ...
 
     def task(self, *args: Any, **options: Any) -> Any:
         """
