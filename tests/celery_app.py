@@ -146,8 +146,9 @@ def record(
 
 @rel.task(bind=True)
 def fail(self: Any, conn: psycopg.Connection[Any], label: str) -> None:
-    """Writes, then fails with a non-retryable error: the write must roll back."""
+    """Writes and enqueues, then fails with a non-retryable error: both must roll back."""
     effect(conn, label, self.request.id)
+    rel.outbox.enqueue(conn, record.s(f"{label}-follow-up"))
     msg = f"cannot process {label!r}"
     raise ValueError(msg)
 
@@ -176,11 +177,20 @@ def _attempt(label: str) -> int:
     max_retries=5,
 )
 def flaky(self: Any, conn: psycopg.Connection[Any], label: str, failures: int) -> str:
-    """Writes, then fails *failures* times with a retryable error before succeeding."""
+    """Writes and enqueues, then fails *failures* times with a retryable error before succeeding."""
     effect(conn, label, self.request.id)
+    rel.outbox.enqueue(conn, record.s(f"{label}-follow-up"))
     if _attempt(label) <= failures:
         raise TransientError(label)
     return "ok"
+
+
+@rel.task(bind=True, autoretry_for=(TransientError,), retry_backoff=True, max_retries=1)
+def always_transient(self: Any, conn: psycopg.Connection[Any], label: str) -> None:
+    """Retryable failure on every attempt: dead-lettered once max_retries is used up."""
+    effect(conn, label, self.request.id)
+    _attempt(label)
+    raise TransientError(label)
 
 
 @rel.task(bind=True, max_retries=3)

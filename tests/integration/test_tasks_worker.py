@@ -162,6 +162,7 @@ def test_failing_task_is_dead_lettered_recorded_and_rolled_back(env: Env) -> Non
 
     assert env.effects("boom") == 0
     assert env.scalar("SELECT count(*) FROM {s}.reliable_inbox") == 0
+    assert env.scalar("SELECT count(*) FROM {s}.reliable_outbox") == 0
     name, failed_id, queue, exc_type, exc_message, attempts, trace = failures[0]
     assert (name, failed_id, queue, exc_type, attempts) == (
         "tests.celery_app.fail",
@@ -193,8 +194,33 @@ def test_retries_with_backoff_end_in_one_effect(env: Env) -> None:
     assert env.scalar("SELECT count(*) FROM {s}.attempts WHERE label = 'retry'") == 2
     assert env.effects("flaky") == 1
     assert env.effects("retry") == 1
+    # Only the committed attempt's outbox row exists.
+    assert env.scalar("SELECT count(*) FROM {s}.reliable_outbox") == 1
     assert env.scalar("SELECT count(*) FROM {s}.reliable_task_failures") == 0
     assert env.queue_state("dlq")[0] == 0
+
+
+def test_exhausted_retries_are_dead_lettered_and_recorded_once(env: Env) -> None:
+    env.worker("w1", concurrency=1)
+
+    task_id = env.send(tasks.always_transient, "exhausted")
+    poll(
+        lambda: env.queue_state("dlq")[0] == 1,
+        timeout=60,
+        what="the message in the DLQ",
+    )
+    failures = env.rows(
+        "SELECT task_id, exception_type, attempts FROM {s}.reliable_task_failures"
+    )
+    dead = env.get_all("dlq")
+
+    assert (
+        env.scalar("SELECT count(*) FROM {s}.attempts WHERE label = 'exhausted'") == 2
+    )
+    assert env.effects("exhausted") == 0
+    assert failures == [(task_id, "tests.celery_app.TransientError", 2)]
+    assert dead[0][1].correlation_id == task_id
+    assert dead[0][1].headers["retries"] == 1
 
 
 def test_hard_time_limit_requeues_until_the_delivery_limit_dead_letters_it(
