@@ -318,3 +318,30 @@ def test_beat_task_id_is_the_same_within_a_slot_and_differs_across_slots() -> No
 )
 def test_slot_width_follows_the_schedule(sched: Any, expected: float) -> None:
     assert tasks.slot_seconds(sched) == expected
+
+
+def test_native_delayed_delivery_route_is_stored_with_no_row_delay() -> None:
+    from kombu import Exchange, Queue
+
+    app = Celery("unit-native", broker=BROKER)
+    app.conf.task_queues = [
+        Queue(
+            "q",
+            Exchange("events", type="topic"),
+            routing_key="q",
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+    ]
+    app.conf.task_default_queue = "q"
+
+    @app.task(name="unit.t")
+    def t() -> None:
+        return None
+
+    _id, (captured,) = tasks.capture(t.s().set(countdown=10))
+    message = tasks.outbox_message(captured)
+
+    assert message.exchange == tasks.NATIVE_DELAY_EXCHANGE
+    assert message.routing_key.endswith(".q")
+    assert message.delay_seconds == 0.0
+    assert "eta" in message.properties["headers"]
