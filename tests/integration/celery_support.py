@@ -28,6 +28,7 @@ CREATE TABLE {s}.deliveries (id bigserial PRIMARY KEY, task_id text, label text,
                              at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE {s}.started (id bigserial PRIMARY KEY, label text, pid int);
 CREATE TABLE {s}.attempts (id bigserial PRIMARY KEY, label text);
+CREATE TABLE {s}.results (id bigserial PRIMARY KEY, task_id text, result jsonb);
 """
 
 

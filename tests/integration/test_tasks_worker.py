@@ -44,6 +44,10 @@ def test_same_task_id_sent_ten_times_has_one_effect(env: Env) -> None:
     env.stop(worker)  # warm shutdown: every started delivery finishes first
 
     assert env.effects("ten") == 1
+    # Every delivery returned the first run's result (same pid), duplicates included.
+    returned = env.rows("SELECT result FROM {s}.results WHERE task_id = 'the-same-id'")
+    assert len(returned) == 10
+    assert len({json.dumps(r[0], sort_keys=True) for r in returned}) == 1
     stored = env.rows(
         "SELECT consumer, message_id, result FROM {s}.reliable_inbox WHERE message_id = %s",
         "the-same-id",
