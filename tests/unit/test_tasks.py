@@ -345,3 +345,29 @@ def test_native_delayed_delivery_route_is_stored_with_no_row_delay() -> None:
     assert message.routing_key.endswith(".q")
     assert message.delay_seconds == 0.0
     assert "eta" in message.properties["headers"]
+
+
+def test_eta_becomes_the_row_delay(rel: Reliable) -> None:
+    @rel.celery_app.task(name="unit.t")
+    def t() -> None:
+        return None
+
+    now = datetime.now(UTC)
+    _id, (captured,) = tasks.capture(t.s().set(eta=now + timedelta(minutes=5)))
+    message = tasks.outbox_message(captured, now=now)
+
+    assert message.delay_seconds == pytest.approx(300, abs=1)
+    assert datetime.fromisoformat(
+        message.properties["headers"]["eta"]
+    ) == now + timedelta(minutes=5)
+
+
+def test_set_queue_routes_to_that_queue(rel: Reliable) -> None:
+    @rel.celery_app.task(name="unit.t")
+    def t() -> None:
+        return None
+
+    _id, (captured,) = tasks.capture(t.s().set(queue="payments"))
+    message = tasks.outbox_message(captured)
+
+    assert (message.exchange, message.routing_key) == ("", "payments")
