@@ -108,7 +108,7 @@ def record_failure(
                 consumer=task.reliable_spec.consumer,
                 task_name=task.name,
                 task_id=task_id,
-                queue=delivery.get("routing_key"),
+                queue=queue_name(delivery.get("routing_key")),
                 exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
                 exception_message=str(exc)[:4000],
                 traceback=text[-16000:] if text else None,
@@ -121,6 +121,21 @@ def record_failure(
             task_id,
             extra={"action": "task_failure_not_recorded", "task_id": task_id},
         )
+
+
+def queue_name(routing_key: str | None) -> str | None:
+    """
+    The queue a message was routed to, from its routing key.
+
+    Native delayed delivery prefixes the key with 28 ``0``/``1`` levels
+    (facts §3.4); drop them so failures group by the real queue.
+    """
+    if not routing_key:
+        return routing_key
+    parts = routing_key.split(".")
+    if len(parts) > 28 and all(p in ("0", "1") for p in parts[:28]):
+        return ".".join(parts[28:])
+    return routing_key
 
 
 def _body_signature(body: Callable[..., Any], *, bind: bool) -> inspect.Signature:

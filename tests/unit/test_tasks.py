@@ -371,3 +371,19 @@ def test_set_queue_routes_to_that_queue(rel: Reliable) -> None:
     message = tasks.outbox_message(captured)
 
     assert (message.exchange, message.routing_key) == ("", "payments")
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "expected"),
+    [
+        ("payments", "payments"),
+        ("0." * 27 + "1.payments", "payments"),
+        ("a.b", "a.b"),
+        (None, None),
+    ],
+    ids=["plain", "native-delay", "dotted", "none"],
+)
+def test_failure_queue_drops_the_native_delay_prefix(
+    routing_key: str | None, expected: str | None
+) -> None:
+    assert tasks.queue_name(routing_key) == expected
