@@ -28,6 +28,7 @@ from reliable.errors import (
     TopologyFileError,
     UnroutableMessage,
 )
+from reliable.inbox import Inbox
 from reliable.outbox import Outbox, OutboxMessage
 from reliable.relay import OutboxRelay, RelayConfig
 from reliable.retry import RetryPolicy
@@ -44,6 +45,7 @@ __all__ = [
     "OutboxRelay",
     "RelayConfig",
     "RetryPolicy",
+    "Inbox",
     # Errors
     "ReliableError",
     "ConfigError",

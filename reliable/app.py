@@ -8,11 +8,13 @@ tooling). Building it does no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 from reliable import db
 from reliable.config import DEFAULT_AMQP_URL, DEFAULT_MANAGEMENT_URL, Settings
+from reliable.inbox import Inbox
 from reliable.metrics import Metrics
 from reliable.outbox import Outbox
 
@@ -80,6 +82,8 @@ class Reliable:
         self.celery_app = celery_app
         self.metrics = metrics if metrics is not None else Metrics()
         self.outbox = Outbox(schema=base.db_schema, celery_app=celery_app)
+        self.inbox = Inbox(schema=base.db_schema, metrics=self.metrics)
+        self._startup_check_connected = False
 
     @classmethod
     def from_env(
@@ -137,3 +141,71 @@ class Reliable:
             retry_policy=retry_policy,
             metrics=self.metrics,
         )
+
+    # -- effectively-once tasks (reliable.tasks) ------------------------------------
+
+    @functools.cached_property
+    def task_connections(self) -> db.ProcessLocalConnection:
+        """The connections task bodies run in: one per worker process and thread, opened lazily."""
+        return db.ProcessLocalConnection(self.settings.database_url)
+
+    @overload
+    def task(self, body: Callable[..., Any], /) -> Any: ...
+
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[..., Any]], Any]: ...
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """
+        Declare an effectively-once Celery task; use as ``@rel.task`` or ``@rel.task(...)``.
+
+        ::
+
+            @rel.task(
+                queue="payments", autoretry_for=(PaymentDown,), retry_backoff=True
+            )
+            def charge(conn, order_id):
+                conn.execute("insert into charges ...")
+                rel.outbox.enqueue(conn, ship.s(order_id))
+
+        The body's first parameter is a psycopg connection inside the task's
+        transaction (after ``self`` with ``bind=True``). Per delivery: begin,
+        claim (consumer, message key) in the inbox, run the body, store its
+        result, commit, then Celery acks. A duplicate (the claim exists) skips
+        the body and returns the stored result; a failure rolls back
+        everything, and once Celery stops retrying the message is rejected to
+        the queue's dead-letter exchange and the failure is recorded in
+        ``reliable_task_failures``.
+
+        Every Celery task option is accepted, plus:
+
+        Args:
+            consumer: Inbox consumer name (default: the task name).
+            dedupe_key: ``lambda *args, **kwargs: key``: deduplicate on a
+                business key instead of the task id.
+            result_max_bytes: Largest JSON result stored for duplicates (64 KiB).
+
+        Returns:
+            A real Celery task (``delay``, ``apply_async``, signatures, canvas).
+
+        Raises:
+            ValueError: An option contradicts the settings these tasks need
+                (``acks_late=False``, ``reject_on_worker_lost=False``, ...).
+
+        .. versionadded:: 0.1.0
+        """
+        from reliable import tasks  # Celery is imported only when tasks are declared
+
+        if not self._startup_check_connected and self.celery_app is not None:
+            tasks.connect_startup_check(self)
+            self._startup_check_connected = True
+        if len(args) == 1 and callable(args[0]) and not options:
+            return tasks.make_task(self, args[0], {})
+        if args:
+            msg = "rel.task takes only keyword options; use @rel.task or @rel.task(queue=...)"
+            raise TypeError(msg)
+
+        def decorate(body: Callable[..., Any]) -> Any:
+            return tasks.make_task(self, body, options)
+
+        return decorate

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, LiteralString, TypeAlias
 
 import psycopg
 import psycopg.errors
+import psycopg.pq
 import psycopg.rows
 import psycopg.types.json
 from psycopg import sql as pgsql
@@ -152,3 +155,78 @@ class Listener:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
+
+
+# -- connections for task workers (added for reliable.tasks) ----------------------
+
+
+def in_transaction(conn: Connection) -> bool:
+    """
+    Whether statements on *conn* run inside a transaction the caller controls.
+
+    True for a non-autocommit connection (psycopg opens a transaction on the
+    first statement) and for an autocommit connection inside
+    ``conn.transaction()``; False when every statement would commit alone.
+    """
+    if not conn.autocommit:
+        return True
+    return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+def is_usable(conn: Connection) -> bool:
+    """False when *conn* is closed or psycopg marked it broken (server gone, killed backend)."""
+    return not conn.closed and not conn.broken
+
+
+class ProcessLocalConnection:
+    """
+    One connection per process and thread, opened on first use.
+
+    Celery's prefork pool forks children after the parent may have touched
+    this object; a connection must never cross a fork (two processes on one
+    socket corrupt the protocol), so a pid change discards the inherited
+    connection without closing it (closing would send a Terminate message on
+    the parent's socket) and opens a fresh one. A broken connection is
+    replaced on the next `get`.
+    """
+
+    def __init__(self, url: str, *, connect_timeout_seconds: int = 10) -> None:
+        self._url = url
+        self._timeout = connect_timeout_seconds
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"ProcessLocalConnection({redact_url(self._url) if self._url else ''!r})"
+
+    def get(self) -> Connection:
+        """The calling thread's connection (non-autocommit), reopened if needed."""
+        pid = os.getpid()
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and (
+            getattr(self._local, "pid", None) != pid or not is_usable(conn)
+        ):
+            if getattr(self._local, "pid", None) == pid:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = None
+        if conn is None:
+            conn = connect(
+                self._url, autocommit=False, connect_timeout_seconds=self._timeout
+            )
+            self._local.conn = conn
+            self._local.pid = pid
+        return conn
+
+    def discard(self) -> None:
+        """Close and forget the calling thread's connection (after an error left it unusable)."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def ensure_idle(conn: Connection) -> None:
+    """Roll back whatever transaction a previous user left open on *conn*."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()

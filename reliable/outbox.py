@@ -235,3 +235,46 @@ class Outbox:
             schema=self.schema,
         )
         return message.message_id
+
+    def enqueue(
+        self, conn: db.Connection, signature: Any, *, task_id: str | None = None
+    ) -> str:
+        """
+        Record the Celery task message(s) *signature* would publish.
+
+        ::
+
+            with pool.connection() as conn, conn.transaction():
+                conn.execute("insert into orders ...")
+                task_id = rel.outbox.enqueue(
+                    conn, charge.s(42).set(queue="payments", countdown=30)
+                )
+
+        Celery builds the message with its own machinery (``apply_async``:
+        routing with ``task_routes`` and default queue/exchange, protocol 2
+        headers and body, serializer, priority, expiry, canvas), so a worker
+        cannot tell it from one sent by ``apply_async``. The task id is fixed
+        now and is also the row's AMQP ``message_id``. A countdown or eta
+        becomes the row's delay (the ``eta`` header is kept), except when
+        Celery routes the task through native delayed delivery, where the
+        broker waits. Chains store their first task's message, groups one
+        message per task.
+
+        Args:
+            conn: The caller's psycopg connection; never committed here.
+            signature: Any Celery signature or canvas.
+            task_id: Fix the id yourself (default: a new UUID, as Celery does).
+
+        Returns:
+            The task id ``signature.apply_async()`` would have returned.
+
+        Raises:
+            reliable.errors.ConfigError: The Celery app runs in eager mode.
+            TypeError: The arguments do not fit the task, or cannot be serialized.
+
+        .. versionadded:: 0.1.0
+        """
+        # Imported here so that importing reliable.outbox does not import Celery.
+        from reliable import tasks
+
+        return tasks.enqueue(self, conn, signature, task_id=task_id)

@@ -1,15 +1,553 @@
 """
 The Celery integration: the only module that imports celery and kombu.
+
+Sections (kept apart so they can be merged independently):
+
+* effectively-once tasks: `ReliableTask` and `make_task`, behind
+  ``@rel.task(...)``;
+* outbox enqueue: `enqueue` stores exactly the message ``apply_async``
+  would publish, behind ``rel.outbox.enqueue(conn, signature)``;
+* beat: `ReliableScheduler` gives each schedule slot a deterministic task id;
+* topology: `celery_queues` turns a topology into kombu queues for
+  ``task_queues``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+import logging
+import math
+import traceback as tb
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import celery
+import celery.beat
+import celery.exceptions
+import celery.schedules
+import celery.signals
+from kombu import Connection as KombuConnection
 from kombu import Exchange as KombuExchange
 from kombu import Queue as KombuQueue
+from kombu.transport import base as kombu_base
 
-from reliable.topology import Topology
+from reliable import db, errors, taskrun
+from reliable.inbox import DEFAULT_RESULT_MAX_BYTES
+from reliable.outbox import PROPERTY_NAMES, OutboxMessage, check_json
 
-# -- topology -> Celery task_queues ---------------------------------------------------
+if TYPE_CHECKING:
+    from reliable.app import Reliable
+    from reliable.outbox import Outbox
+    from reliable.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+
+# =====================================================================================
+# Effectively-once tasks
+# =====================================================================================
+
+#: Per-task settings every effectively-once task runs with, and why:
+#: ack only after the body's transaction committed (acks_late); a failure is
+#: rejected without requeue so it reaches the queue's dead-letter exchange
+#: instead of being acked away (acks_on_failure*); a killed worker process
+#: requeues the message, which the inbox makes safe: a body that committed is
+#: skipped on redelivery, one that did not is rolled back and runs again.
+REQUIRED_TASK_SETTINGS: dict[str, bool] = {
+    "acks_late": True,
+    "acks_on_failure_or_timeout": False,
+    "acks_on_failure": False,
+    "acks_on_timeout": False,
+    "reject_on_worker_lost": True,
+}
+
+#: Options of `make_task` that are ours, not Celery's.
+_OWN_OPTIONS = frozenset({"consumer", "dedupe_key", "result_max_bytes"})
+
+
+class ReliableTask(celery.Task):  # type: ignore[type-arg]  # args/return vary per task
+    """
+    Base class of ``@rel.task`` tasks: inbox claim and body in one transaction.
+
+    .. versionadded:: 0.1.0
+    """
+
+    acks_late = True
+    acks_on_failure_or_timeout = False
+    acks_on_failure = False
+    acks_on_timeout = False
+    reject_on_worker_lost = True
+
+    #: Set by `make_task`.
+    reliable_spec: taskrun.TaskSpec
+    reliable_app: Reliable
+
+    def on_failure(
+        self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Record the final failure (retries exhausted or not retryable) in its own transaction."""
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+        record_failure(self, exc, task_id, einfo)
+
+
+def record_failure(
+    task: ReliableTask, exc: BaseException, task_id: str, einfo: Any
+) -> None:
+    """Insert a ``reliable_task_failures`` row; never raises (the message is rejected anyway)."""
+    rel = task.reliable_app
+    request = task.request
+    delivery = getattr(request, "delivery_info", None) or {}
+    text = getattr(einfo, "traceback", None) or "".join(
+        tb.format_exception(type(exc), exc, exc.__traceback__)
+    )
+    try:
+        conn = rel.task_connections.get()
+        db.ensure_idle(conn)
+        with conn.transaction():
+            rel.inbox.record_failure(
+                conn,
+                consumer=task.reliable_spec.consumer,
+                task_name=task.name,
+                task_id=task_id,
+                queue=queue_name(delivery.get("routing_key")),
+                exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                exception_message=str(exc)[:4000],
+                traceback=text[-16000:] if text else None,
+                attempts=int(getattr(request, "retries", 0) or 0) + 1,
+            )
+    except Exception:
+        logger.exception(
+            "could not record the failure of task %s[%s]",
+            task.name,
+            task_id,
+            extra={"action": "task_failure_not_recorded", "task_id": task_id},
+        )
+
+
+def queue_name(routing_key: str | None) -> str | None:
+    """
+    The queue a message was routed to, from its routing key.
+
+    Native delayed delivery prefixes the key with 28 ``0``/``1`` levels
+    (facts §3.4); drop them so failures group by the real queue.
+    """
+    if not routing_key:
+        return routing_key
+    parts = routing_key.split(".")
+    if len(parts) > 28 and all(p in ("0", "1") for p in parts[:28]):
+        return ".".join(parts[28:])
+    return routing_key
+
+
+def _body_signature(body: Callable[..., Any], *, bind: bool) -> inspect.Signature:
+    """The signature Celery should check calls against: the body's, minus the connection."""
+    params = list(inspect.signature(body).parameters.values())
+    position = 1 if bind else 0
+    if len(params) <= position or params[position].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        where = "second (after the task)" if bind else "first"
+        msg = (
+            f"task body {body.__qualname__!r} needs the connection as its {where} "
+            "positional parameter; define it as def task(conn, ...)"
+        )
+        raise TypeError(msg)
+    del params[position]
+    if not bind:
+        params.insert(
+            0, inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+    return inspect.Signature(params)
+
+
+def make_task(rel: Reliable, body: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """
+    Register *body* as an effectively-once Celery task of ``rel.celery_app``.
+
+    *options* are Celery task options plus ``consumer``, ``dedupe_key`` and
+    ``result_max_bytes``. Returns the Celery task (a `ReliableTask`).
+    """
+    app = rel.celery_app
+    if app is None:
+        msg = (
+            "Reliable has no celery_app; pass Reliable(celery_app=app) to use rel.task"
+        )
+        raise errors.ConfigError(msg, key="celery_app")
+    celery_options = {k: v for k, v in options.items() if k not in _OWN_OPTIONS}
+    for name, required in REQUIRED_TASK_SETTINGS.items():
+        given = celery_options.get(name, required)
+        if given != required:
+            msg = (
+                f"rel.task needs {name}={required!r}, got {given!r}; "
+                "drop the option (effectively-once tasks depend on it)"
+            )
+            raise ValueError(msg)
+    bind = bool(celery_options.pop("bind", False))
+    base = celery_options.pop("base", ReliableTask)
+    if not (isinstance(base, type) and issubclass(base, ReliableTask)):
+        msg = f"base must be a subclass of reliable.tasks.ReliableTask, got {base!r}"
+        raise TypeError(msg)
+    max_bytes = int(options.get("result_max_bytes", DEFAULT_RESULT_MAX_BYTES))
+    dedupe_key = options.get("dedupe_key")
+    if dedupe_key is not None and not callable(dedupe_key):
+        msg = f"dedupe_key must be a callable taking the task's arguments, got {dedupe_key!r}"
+        raise TypeError(msg)
+    signature = _body_signature(body, bind=bind)
+    holder: dict[str, taskrun.TaskSpec] = {}
+
+    @functools.wraps(body)
+    def run(self: ReliableTask, *args: Any, **kwargs: Any) -> Any:
+        spec = holder["spec"]
+        try:
+            outcome = taskrun.execute(
+                spec=spec,
+                inbox=rel.inbox,
+                connections=rel.task_connections,
+                task_id=str(self.request.id or ""),
+                body=body,
+                args=args,
+                kwargs=kwargs,
+                leading=(self,) if bind else (),
+            )
+        except celery.exceptions.Retry:
+            raise
+        except BaseException as exc:
+            rel.metrics.inbox_failures.labels(
+                consumer=spec.consumer, exception=type(exc).__name__
+            ).inc()
+            raise
+        if outcome.duplicate:
+            rel.metrics.inbox_duplicates.labels(consumer=spec.consumer).inc()
+        else:
+            rel.metrics.inbox_processed.labels(consumer=spec.consumer).inc()
+        return outcome.result
+
+    # Celery checks call arguments against this (typing=True), so callers see
+    # the body's parameters without the connection.
+    run.__signature__ = signature  # type: ignore[attr-defined]
+    task = app.task(bind=True, base=base, **celery_options)(run)
+    spec = taskrun.TaskSpec(
+        consumer=str(options.get("consumer") or task.name),
+        dedupe_key=dedupe_key,
+        result_max_bytes=max_bytes,
+    )
+    holder["spec"] = spec
+    task.reliable_spec = spec
+    task.reliable_app = rel
+    return task
+
+
+def check_settings(app: Any, tasks: list[Any]) -> list[str]:
+    """
+    Problems with app settings that would defeat effectively-once tasks.
+
+    Checked at worker start (``worker_init``); each problem is logged as a
+    warning. Per-task attributes are set by the decorator, so this looks for
+    what can still override or undermine them: eager mode, task annotations,
+    and retries published without publisher confirms.
+    """
+    conf = app.conf
+    problems: list[str] = []
+    if conf.task_always_eager:
+        problems.append(
+            "task_always_eager=True runs tasks in the caller without the broker, acks or the "
+            "inbox transaction semantics; disable it outside unit tests"
+        )
+    for task in tasks:
+        for name, required in REQUIRED_TASK_SETTINGS.items():
+            actual = getattr(task, name, None)
+            if actual is not None and actual != required:
+                problems.append(
+                    f"task {task.name!r} has {name}={actual!r} (task_annotations?), "
+                    f"effectively-once tasks need {required!r}; remove the override"
+                )
+    options = conf.broker_transport_options or {}
+    if not options.get("confirm_publish"):
+        problems.append(
+            "broker_transport_options has no confirm_publish=True: a retry (self.retry or "
+            "autoretry) is published unconfirmed and the original message is then acked, so "
+            "a lost retry loses the task; set broker_transport_options={'confirm_publish': True}"
+        )
+    return problems
+
+
+def connect_startup_check(rel: Reliable) -> None:
+    """Log `check_settings` problems when a worker of ``rel.celery_app`` starts."""
+
+    def on_worker_init(sender: Any = None, **_kwargs: Any) -> None:
+        app = getattr(sender, "app", None)
+        if app is not rel.celery_app:
+            return
+        tasks = [t for t in app.tasks.values() if isinstance(t, ReliableTask)]
+        for problem in check_settings(app, tasks):
+            logger.warning(problem, extra={"action": "task_settings_warning"})
+
+    celery.signals.worker_init.connect(
+        on_worker_init, weak=False, dispatch_uid=f"reliable-check-{id(rel)}"
+    )
+
+
+# =====================================================================================
+# Outbox enqueue: Celery builds the message, the outbox stores it
+# =====================================================================================
+
+#: Celery's native delayed delivery publishes countdown/eta tasks here (facts §3.4).
+NATIVE_DELAY_EXCHANGE = "celery_delayed_27"
+
+
+class _CaptureChannel:
+    """A kombu channel that records publishes instead of sending them."""
+
+    def __init__(self, sink: list[dict[str, Any]]) -> None:
+        self._sink = sink
+        self.connection: Any = None
+
+    def prepare_message(
+        self,
+        body: Any,
+        priority: int | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        # pyamqp's prepare_message, minus the amqp.Message object.
+        props = dict(properties or {})
+        props.pop("delivery_info", None)
+        props["priority"] = priority or 0
+        return {
+            "body": body,
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "headers": dict(headers or {}),
+            "properties": props,
+        }
+
+    def basic_publish(
+        self,
+        message: dict[str, Any],
+        exchange: str = "",
+        routing_key: str = "",
+        **_kw: Any,
+    ) -> None:
+        self._sink.append({**message, "exchange": exchange, "routing_key": routing_key})
+
+    # Celery asks the producer to declare the target queue; the outbox does not
+    # declare (the relay publishes with mandatory, so a missing queue shows up
+    # as a returned row rather than a silent drop).
+    def prepare_queue_arguments(self, arguments: Any, **_kw: Any) -> Any:
+        return arguments
+
+    def exchange_declare(self, *_a: Any, **_kw: Any) -> None:
+        return None
+
+    def queue_declare(self, *_a: Any, **_kw: Any) -> None:
+        return None
+
+    def queue_bind(self, *_a: Any, **_kw: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _CaptureTransport(kombu_base.Transport):
+    """A kombu transport whose channels capture messages; it never opens a socket."""
+
+    driver_type = "reliable-outbox"
+    driver_name = "reliable-outbox"
+
+    def establish_connection(self) -> Any:
+        return self
+
+    def close_connection(self, connection: Any) -> None:
+        return None
+
+    def create_channel(self, connection: Any) -> Any:
+        channel = _CaptureChannel(getattr(self.client, "captured", []))
+        channel.connection = self
+        return channel
+
+    def drain_events(self, connection: Any, **kwargs: Any) -> None:
+        msg = "the outbox capture transport cannot consume"
+        raise NotImplementedError(msg)
+
+
+class _CaptureConnection(KombuConnection):
+    def __init__(self) -> None:
+        super().__init__(transport=_CaptureTransport)
+        self.captured: list[dict[str, Any]] = []
+
+
+def capture(
+    signature: Any, *, task_id: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """
+    Run Celery's own send path for *signature* and return ``(result id, messages)``.
+
+    ``apply_async(connection=...)`` makes Celery publish through a producer on
+    the given connection; a capture transport records each message (routing,
+    protocol 2 headers, serialized body, properties) instead of sending it.
+    Canvas works as with ``apply_async``: a chain yields its first task's
+    message, a group one message per task.
+    """
+    app = signature.app
+    if app.conf.task_always_eager:
+        msg = (
+            "task_always_eager=True would run the task now instead of storing it; "
+            "disable eager mode to enqueue through the outbox"
+        )
+        raise errors.ConfigError(msg, key="task_always_eager")
+    connection = _CaptureConnection()
+    options: dict[str, Any] = {"connection": connection}
+    if task_id is not None:
+        options["task_id"] = task_id
+    try:
+        result = signature.apply_async(**options)
+    finally:
+        connection.release()
+    return str(result.id), connection.captured
+
+
+def outbox_message(
+    captured: dict[str, Any], *, now: datetime | None = None
+) -> OutboxMessage:
+    """Turn one captured Celery message into an outbox row (message id = task id)."""
+    headers = dict(captured["headers"])
+    task_id = str(headers.get("id") or "")
+    if not task_id:
+        msg = "celery produced a message without a task id; only task protocol 2 is supported"
+        raise ValueError(msg)
+    body = captured["body"]
+    encoding = captured["content_encoding"]
+    if isinstance(body, str):
+        body = body.encode(encoding if encoding and encoding != "binary" else "utf-8")
+    properties: dict[str, Any] = {
+        k: v for k, v in captured["properties"].items() if v is not None
+    }
+    unknown = set(properties) - PROPERTY_NAMES
+    if unknown:
+        msg = f"celery message has properties the outbox cannot store: {sorted(unknown)!r}"
+        raise ValueError(msg)
+    if captured["content_type"]:
+        properties["content_type"] = captured["content_type"]
+    if encoding:
+        properties["content_encoding"] = encoding
+    check_json(headers, "celery message headers")
+    properties["headers"] = headers
+    exchange = captured["exchange"]
+    exchange = getattr(exchange, "name", exchange) or ""
+    return OutboxMessage(
+        message_id=task_id,
+        exchange=str(exchange),
+        routing_key=str(captured["routing_key"] or ""),
+        body=bytes(body),
+        properties=properties,
+        delay_seconds=_row_delay(str(exchange), headers.get("eta"), now=now),
+    )
+
+
+def _row_delay(exchange: str, eta: Any, *, now: datetime | None) -> float:
+    """
+    Seconds the relay holds the row: until the task's ETA, unless the broker delays it.
+
+    When Celery routed the message through native delayed delivery (quorum
+    queues behind a non-direct exchange), the delay is encoded in the routing
+    key and the broker waits; the row goes out at once. Otherwise the relay
+    publishes at the ETA and the ``eta`` header is kept, so a worker still
+    honours it but never holds the message in memory for long.
+    """
+    if exchange == NATIVE_DELAY_EXCHANGE or not eta:
+        return 0.0
+    due = datetime.fromisoformat(str(eta))
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    seconds = (due - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else 0.0
+
+
+def enqueue(
+    outbox: Outbox, conn: db.Connection, signature: Any, *, task_id: str | None = None
+) -> str:
+    """Store the message(s) ``signature.apply_async()`` would publish; see `Outbox.enqueue`."""
+    result_id, messages = capture(signature, task_id=task_id)
+    if not messages:
+        msg = f"celery published nothing for {signature!r}; chords need a result backend, other canvas types are supported"
+        raise ValueError(msg)
+    now = datetime.now(UTC)
+    for captured in messages:
+        outbox.add(conn, outbox_message(captured, now=now))
+    return result_id
+
+
+# =====================================================================================
+# Beat: one task id per schedule slot
+# =====================================================================================
+
+#: Namespace of beat task ids (uuid5), so ids are stable across processes and hosts.
+BEAT_NAMESPACE = uuid.UUID("6f0c7d3e-2b1a-5c9e-9b7e-0d4c1e2f3a5b")
+
+
+def slot_seconds(schedule: Any) -> float:
+    """The width of one schedule slot: the interval, or one minute for crontab/solar."""
+    if isinstance(schedule, celery.schedules.schedule) and not isinstance(
+        schedule, celery.schedules.crontab | celery.schedules.solar
+    ):
+        every = getattr(schedule, "run_every", None)
+        if every is not None:
+            return max(1.0, float(every.total_seconds()))
+    return 60.0
+
+
+def beat_task_id(entry_name: str, when: datetime, width_seconds: float) -> str:
+    """
+    The task id of the *entry_name* run due in the slot containing *when*.
+
+    Slots are ``floor(unix time / width)``: two beat processes firing the
+    same entry in the same slot produce the same id, and the inbox runs it once.
+    """
+    slot = math.floor(when.timestamp() / width_seconds)
+    return str(uuid.uuid5(BEAT_NAMESPACE, f"{entry_name}|{width_seconds:g}|{slot}"))
+
+
+class ReliableScheduler(celery.beat.PersistentScheduler):
+    """
+    Celery beat scheduler that sends each run with a per-slot deterministic task id.
+
+    Run beat with ``celery -A proj beat -S reliable.tasks:ReliableScheduler``.
+    Two beats running by mistake then send the same task id for the same
+    slot; an ``@rel.task`` executes it once and skips the copy.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        when = self.app.now()
+        task_id = beat_task_id(entry.name, when, slot_seconds(entry.schedule))
+        entry = self.reserve(entry) if advance else entry
+        # A copy carries the id: the stored entry must not, or every later
+        # run would reuse it.
+        tagged = copy.copy(entry)
+        tagged.options = {**entry.options, "task_id": task_id}
+        logger.debug(
+            "beat sends %s with task id %s",
+            entry.name,
+            task_id,
+            extra={"action": "beat_slot", "task_id": task_id},
+        )
+        return super().apply_async(tagged, producer, advance=False, **kwargs)
+
+
+# =====================================================================================
+# Topology
+# =====================================================================================
 
 
 def celery_queues(topology: Topology) -> list[KombuQueue]:

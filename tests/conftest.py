@@ -92,7 +92,8 @@ def _broker(amqp_url: str, management_url: str) -> Iterator[Broker]:
     """A fresh vhost (deleted afterwards), so tests never see each other's objects."""
     vhost = f"reliable-test-{uuid.uuid4().hex[:10]}"
     user = urlsplit(amqp_url).username or "guest"
-    client = ManagementClient(management_url)
+    # Vhost create/delete can stall for tens of seconds on a busy shared broker.
+    client = ManagementClient(management_url, timeout_seconds=90)
     client.create_vhost(vhost)
     client.grant_all(vhost, user)
     try:

@@ -16,3 +16,17 @@ relay: reliable.OutboxRelay = rel.relay(
 )
 stats = relay.run_once()
 published: int = stats.published
+
+
+# -- effectively-once tasks and the inbox (reliable.tasks / reliable.inbox) --------
+def _tasks_api(rel: reliable.Reliable, conn: reliable.db.Connection) -> None:
+    @rel.task(queue="payments", max_retries=5, retry_backoff=True)
+    def charge(conn: reliable.db.Connection, order_id: int) -> dict[str, int]:
+        return {"order_id": order_id}
+
+    task_id: str = rel.outbox.enqueue(conn, charge.s(42).set(countdown=30))
+    with rel.inbox.claim(conn, "billing", task_id) as first:
+        handled: bool = first
+    purged: int = rel.inbox.purge(conn, older_than_seconds=7 * 86400, batch_size=500)
+    inbox: reliable.Inbox = rel.inbox
+    del handled, purged, inbox
