@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pika
+import pika.compat
 import pika.exceptions
 import pika.spec
 
@@ -116,6 +117,15 @@ class Properties:
             app_id=props.app_id,
             cluster_id=props.cluster_id,
         )
+
+
+def long_int(value: int) -> int:
+    """
+    *value* as pika's ``long`` (an ``int`` subclass), which pika encodes as a
+    64-bit ``l`` field; a plain ``int`` is encoded as 32-bit ``I`` when it fits.
+    Decoded ``l``/``L`` header values come back as this type.
+    """
+    return pika.compat.long(value)  # type: ignore[no-any-return]  # pika is untyped
 
 
 def _timestamp(value: object) -> int | None:

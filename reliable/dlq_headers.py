@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from reliable import amqp
+
 #: How many replays a message has been through (our counter; the broker's
 #: ``x-death`` count is not portable across versions).
 REPLAY_COUNT = "x-reliable-replay-count"
@@ -257,7 +259,9 @@ def encode_value(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"t": "bool", "v": value}
     if isinstance(value, int):
-        return {"t": "int", "v": value}
+        # pika decodes 64-bit fields into its int subclass ``long`` and
+        # encodes that subclass as 64-bit again: keep the distinction.
+        return {"t": "int" if type(value) is int else "long", "v": int(value)}
     if isinstance(value, float):
         return {"t": "float", "v": value}
     if isinstance(value, decimal.Decimal):
@@ -291,6 +295,7 @@ def decode_value(data: Any) -> Any:
         "void": lambda _v: None,
         "bool": bool,
         "int": int,
+        "long": lambda v: amqp.long_int(int(v)),
         "float": float,
         "decimal": decimal.Decimal,
         "timestamp": lambda v: datetime.fromtimestamp(int(v), UTC),

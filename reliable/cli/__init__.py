@@ -127,8 +127,10 @@ def _register() -> None:
     # Imported here, not at module top, so `reliable.cli` stays importable
     # while a sub-command module is being edited; each adds its own group.
     from reliable.cli.db import db_group
+    from reliable.cli.dlq import dlq_group
 
     cli.add_command(db_group)
+    cli.add_command(dlq_group)
 
 
 _register()
