@@ -908,7 +908,8 @@ class QueueReader:
                     if side.is_open:
                         side.close()
         except pika.exceptions.ChannelClosedByBroker as exc:
-            raise _refused(f"check queue {self._queue!r}", exc) from None
+            msg = f"check queue {self._queue!r}"
+            raise _refused(msg, exc) from None
         except pika.exceptions.AMQPError as exc:
             raise _connection_error(exc, self._url) from None
         return QueueState(
@@ -951,7 +952,8 @@ class QueueReader:
         try:
             return self._take(max_count, idle_seconds)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            raise _refused(f"consume from queue {self._queue!r}", exc) from None
+            msg = f"consume from queue {self._queue!r}"
+            raise _refused(msg, exc) from None
         except pika.exceptions.AMQPError as exc:
             raise _connection_error(exc, self._url) from None
 

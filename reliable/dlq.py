@@ -22,114 +22,36 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from reliable import amqp, db, errors
-from reliable.dlq_filters import DeadLetter, Filter, Tally, group_counts
-from reliable.dlq_headers import PARKED_REASON, replay_headers
+from reliable.dlq_filters import DeadLetter, Filter, group_counts
+from reliable.dlq_replay import (
+    INCOMPLETE,
+    Command,
+    ReplayRun,
+    RunReport,
+    Target,
+    TokenBucket,
+    batch_size_for,
+    label,
+)
 
 logger = logging.getLogger(__name__)
 
-Command = Literal["replay", "move", "purge", "export", "import", "show"]
-#: Outcomes that leave work undone (the CLI exits 8 when any is non-zero).
-INCOMPLETE = (
-    "returned",
-    "nacked",
-    "refused",
-    "unconfirmed",
-    "unknown_origin",
-    "origin_missing",
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
-    """Where copies go: a queue (through the default exchange) or an exchange + key."""
-
-    queue: str | None = None
-    exchange: str | None = None
-    routing_key: str = ""
-
-    def __post_init__(self) -> None:
-        if self.queue is not None and self.exchange is not None:
-            msg = "give a target queue or a target exchange, not both"
-            raise ValueError(msg)
-
-    def describe(self) -> str:
-        if self.exchange is not None:
-            return f"exchange {self.exchange!r} key {self.routing_key!r}"
-        return f"queue {self.queue!r}" if self.queue else "origin"
-
-
-@dataclass(slots=True)
-class RunReport:
-    """What a run did (or, with ``dry_run``, would do)."""
-
-    command: str
-    queue: str
-    target: str
-    dry_run: bool
-    filters: dict[str, Any]
-    started_at: datetime
-    finished_at: datetime | None = None
-    tally: Tally = field(default_factory=Tally)
-    #: One entry per selected message: id, from, to, action (dry runs list all).
-    plan: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)
-    elapsed_seconds: float = 0.0
-    audit_id: int | None = None
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(self.tally.counts)
-
-    @property
-    def complete(self) -> bool:
-        return not any(self.tally.counts.get(k) for k in INCOMPLETE)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "queue": self.queue,
-            "target": self.target,
-            "dry_run": self.dry_run,
-            "filters": self.filters,
-            "counts": self.counts,
-            "complete": self.complete,
-            "interrupted": self.interrupted,
-            "elapsed_seconds": round(self.elapsed_seconds, 3),
-            "problems": list(self.tally.problems),
-            "warnings": list(self.warnings),
-            "plan": self.plan,
-            "audit_id": self.audit_id,
-        }
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved; starts empty so a run never bursts."""
-
-    def __init__(
-        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if rate <= 0:
-            msg = f"rate must be positive, got {rate}"
-            raise ValueError(msg)
-        self.rate, self.burst, self._clock = rate, max(burst, 1.0), clock
-        self._tokens, self._last = 0.0, clock()
-
-    def wait_seconds(self, n: int) -> float:
-        """Seconds until *n* tokens are available (0 when they are)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        return max(0.0, (n - self._tokens) / self.rate)
-
-    def take(self, n: int) -> None:
-        self._tokens -= n
+__all__ = [
+    "INCOMPLETE",
+    "Command",
+    "DeadLetters",
+    "Filter",
+    "RunReport",
+    "Target",
+    "TokenBucket",
+    "summarize",
+    "vhost_of",
+]
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -209,15 +131,17 @@ class DeadLetters:
     def _check_target(self, target: Target) -> None:
         with amqp.open_channel(self.amqp_url) as channel:
             if target.queue is not None and channel.queue_state(target.queue) is None:
+                msg = f"target queue {target.queue!r} does not exist; create it or pick another with --to"
                 raise errors.QueueNotFound(
-                    f"target queue {target.queue!r} does not exist; create it or pick another with --to",
+                    msg,
                     queue=target.queue,
                 )
             if target.exchange is not None and not channel.exchange_exists(
                 target.exchange
             ):
+                msg = f"target exchange {target.exchange!r} does not exist; create it or pick another with --to-exchange"
                 raise errors.ExchangeNotFound(
-                    f"target exchange {target.exchange!r} does not exist; create it or pick another with --to-exchange",
+                    msg,
                     exchange=target.exchange,
                 )
 
@@ -276,27 +200,13 @@ class DeadLetters:
         now = datetime.now(UTC)
         selected = 0
         with amqp.QueueReader(self.amqp_url, queue, prefetch=size) as reader:
-            try:
-                state = reader.state()
-            except errors.BrokerRefused as exc:
-                if exc.reply_code == 404:
-                    raise errors.QueueNotFound(queue=queue) from None
-                raise
-            # Only messages present at the start are looked at, so a replayed
-            # message that dies again during the run is not replayed twice.
-            budget = (
-                state.message_count
-                if scan_limit is None
-                else min(state.message_count, scan_limit)
-            )
+            budget = _budget(reader, queue, scan_limit)
             taken = 0
-            while taken < budget:
+            while taken < budget and (flt.limit is None or selected < flt.limit):
                 if stop is not None and stop():
                     report.interrupted = True
                     break
                 want = min(size, budget - taken)
-                if flt.limit is not None:
-                    want = min(want, max(1, flt.limit - selected))
                 if before_batch is not None:
                     before_batch(want)
                 messages = reader.take(want)
@@ -307,17 +217,11 @@ class DeadLetters:
                     DeadLetter.from_message(m, dead_letter_queue=queue)
                     for m in messages
                 ]
-                report.tally.add("scanned", len(letters))
                 self.attach_failures(letters)
-                chosen = []
-                for letter in letters:
-                    if (flt.limit is None or selected < flt.limit) and flt.matches(
-                        letter, now
-                    ):
-                        chosen.append(letter)
-                        selected += 1
-                    else:
-                        report.tally.add("not_selected")
+                chosen = _select(letters, flt, now, room=_room(flt, selected))
+                selected += len(chosen)
+                report.tally.add("scanned", len(letters))
+                report.tally.add("not_selected", len(letters) - len(chosen))
                 report.tally.add("selected", len(chosen))
                 results = handle(chosen) if chosen else []
                 reader.ack([x.message.delivery_tag for x, _o, ack in results if ack])
@@ -325,8 +229,6 @@ class DeadLetters:
                     report.tally.add(outcome)
                 if progress is not None:
                     progress(len(letters))
-                if flt.limit is not None and selected >= flt.limit:
-                    break
 
     def _finish(self, report: RunReport, started: float) -> RunReport:
         report.finished_at = datetime.now(UTC)
@@ -400,161 +302,49 @@ class DeadLetters:
         """
         flt = flt or Filter()
         target = target or Target()
-        parking = parking_lot or f"{queue}.parking-lot"
         started = time.monotonic()
         report = RunReport(
             command, queue, target.describe(), dry_run, flt.to_json(), datetime.now(UTC)
         )
         self.check_queue(queue)  # before anything is taken
-        if target.queue is not None or target.exchange is not None:
+        if not target.is_origin:
             self._check_target(target)
-        bucket = TokenBucket(rate, burst=max(1.0, rate / 20)) if rate else None
-        size = (
-            self.batch_size
-            if rate is None
-            else max(1, min(self.batch_size, int(rate / 20) or 1))
-        )
+        size = batch_size_for(rate, self.batch_size)
+        bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
         publisher = amqp.ConfirmingPublisher(self.amqp_url, window=size)
         existing: dict[str, bool] = {}
-        parked_declared = False
-        replayed_at = datetime.now(UTC)
 
         def queue_exists(name: str) -> bool:
             if name not in existing:
-                with amqp.open_channel(self.amqp_url) as channel:
-                    existing[name] = channel.queue_state(name) is not None
+                existing[name] = self.queue_exists(name)
             return existing[name]
 
-        def plan_one(
-            letter: DeadLetter,
-        ) -> tuple[str, amqp.OutgoingMessage | None, str]:
-            props = letter.message.properties
-            origin = letter.origin.queue
-            if command == "move":
-                out_headers = {
-                    k: v
-                    for k, v in (props.headers or {}).items()
-                    if k not in ("x-delivery-count", "x-acquired-count")
-                }
-                exchange, key, action = "", target.queue or "", "move"
-            elif letter.replay_count >= max_replays and queue != parking:
-                out_headers = replay_headers(
-                    props.headers,
-                    origin_queue=origin,
-                    replayed_at=replayed_at,
-                    increment=False,
-                    extra={
-                        PARKED_REASON: f"replayed {letter.replay_count} times (max {max_replays})"
-                    },
-                )
-                exchange, key, action = "", parking, "park"
-            else:
-                if target.exchange is not None:
-                    exchange, key = target.exchange, target.routing_key
-                elif target.queue is not None:
-                    exchange, key = "", target.queue
-                elif origin:
-                    exchange, key = "", origin
-                else:
-                    return "unknown_origin", None, ""
-                out_headers = replay_headers(
-                    props.headers, origin_queue=origin, replayed_at=replayed_at
-                )
-                action = "replay"
-            copy = amqp.OutgoingMessage(
-                exchange=exchange,
-                routing_key=key,
-                body=letter.message.body,
-                properties=_with_headers(props, out_headers),
-            )
-            return action, copy, key if exchange == "" else f"{exchange}:{key}"
-
-        def handle(letters: list[DeadLetter]) -> list[tuple[DeadLetter, str, bool]]:
-            nonlocal parked_declared
-            results: list[tuple[DeadLetter, str, bool]] = []
-            sending: list[tuple[DeadLetter, str, amqp.OutgoingMessage]] = []
-            for letter in letters:
-                action, copy, where = plan_one(letter)
-                entry = {
-                    "id": _label(letter),
-                    "from": letter.origin.queue,
-                    "to": where or None,
-                    "action": action,
-                }
-                if copy is None:
-                    report.tally.add(
-                        "unknown_origin", 0, f"{_label(letter)}: no x-death and no --to"
-                    )
-                    results.append((letter, action, False))
-                    report.plan.append(entry)
-                    continue
-                if action == "park" and not parked_declared and not dry_run:
-                    self._declare_parking_lot(parking, kind=parking_lot_type)
-                    parked_declared = True
-                    existing[parking] = True
-                if (
-                    copy.exchange == ""
-                    and action != "park"
-                    and not queue_exists(copy.routing_key)
-                ):
-                    entry["action"] = "origin_missing"
-                    report.plan.append(entry)
-                    report.tally.add(
-                        "origin_missing",
-                        0,
-                        f"{_label(letter)}: queue {copy.routing_key!r} does not exist",
-                    )
-                    results.append((letter, "origin_missing", False))
-                    continue
-                report.plan.append(entry)
-                sending.append((letter, action, copy))
-            if dry_run:
-                return results + [(x, f"would_{a}", False) for x, a, _c in sending]
-            if sending:
-                outcome = publisher.publish_batch(
-                    [c for _x, _a, c in sending],
-                    timeout_seconds=self.confirm_timeout_seconds,
-                )
-                for (letter, action, _copy), result in zip(
-                    sending, outcome.outcomes, strict=True
-                ):
-                    if result.status == "confirmed":
-                        results.append(
-                            (
-                                letter,
-                                {
-                                    "replay": "replayed",
-                                    "park": "parked",
-                                    "move": "moved",
-                                }[action],
-                                True,
-                            )
-                        )
-                    else:
-                        report.tally.add(
-                            result.status,
-                            0,
-                            f"{_label(letter)}: {result.status} ({result.reason})",
-                        )
-                        results.append((letter, result.status, False))
-            return results
+        run = ReplayRun(
+            queue=queue,
+            target=target,
+            report=report,
+            publisher=publisher,
+            queue_exists=queue_exists,
+            declare_parking_lot=lambda name: self._declare_parking_lot(
+                name, kind=parking_lot_type
+            ),
+            parking_lot=parking_lot or f"{queue}.parking-lot",
+            max_replays=max_replays,
+            dry_run=dry_run,
+            move=command == "move",
+            confirm_timeout_seconds=self.confirm_timeout_seconds,
+        )
 
         def before_batch(n: int) -> None:
-            if bucket is None or dry_run:
-                return
-            wait = bucket.wait_seconds(n)
-            while wait > 0:
-                time.sleep(min(wait, 0.05))
-                publisher.poll()
-                wait = bucket.wait_seconds(n)
-            bucket.take(n)
+            if bucket is not None:
+                bucket.acquire(n, idle=publisher.poll)
 
         try:
             self._scan(
                 queue,
                 flt,
                 report,
-                handle,
+                run.handle,
                 batch_size=size,
                 stop=stop,
                 progress=progress,
@@ -564,7 +354,8 @@ class DeadLetters:
             publisher.close()
         if report.tally.counts.get("replayed") or report.tally.counts.get("moved"):
             report.warnings.append(
-                "a message whose copy was confirmed just before a crash may be delivered twice; consumers should dedupe"
+                "a message whose copy was confirmed just before a crash may be "
+                "delivered twice; consumers should dedupe"
             )
         return self._finish(report, started)
 
@@ -634,7 +425,7 @@ class DeadLetters:
             for x in letters:
                 report.plan.append(
                     {
-                        "id": _label(x),
+                        "id": label(x),
                         "from": x.origin.queue,
                         "to": None,
                         "action": "purge",
@@ -712,18 +503,31 @@ class DeadLetters:
 # -- helpers ------------------------------------------------------------------------
 
 
-def _with_headers(props: amqp.Properties, headers: dict[str, Any]) -> amqp.Properties:
-    from dataclasses import replace
+def _budget(reader: amqp.QueueReader, queue: str, scan_limit: int | None) -> int:
+    """
+    How many messages a run looks at: those ready when it starts.
 
-    # delivery_mode None would make the copy transient: keep what it was.
-    return replace(props, headers=headers or None)
+    Messages arriving later (a replayed message that dies again during the
+    run, say) wait for the next run instead of being replayed twice in one.
+    """
+    try:
+        ready = reader.state().message_count
+    except errors.BrokerRefused as exc:
+        if exc.reply_code == 404:
+            raise errors.QueueNotFound(queue=queue) from None
+        raise
+    return ready if scan_limit is None else min(ready, scan_limit)
 
 
-def _label(letter: DeadLetter) -> str:
-    props = letter.message.properties
-    return (
-        props.message_id or props.correlation_id or f"tag {letter.message.delivery_tag}"
-    )
+def _room(flt: Filter, selected: int) -> int | None:
+    return None if flt.limit is None else flt.limit - selected
+
+
+def _select(
+    letters: Sequence[DeadLetter], flt: Filter, now: datetime, *, room: int | None
+) -> list[DeadLetter]:
+    chosen = [x for x in letters if flt.matches(x, now)]
+    return chosen if room is None else chosen[: max(room, 0)]
 
 
 def _os_user() -> str:

@@ -21,17 +21,24 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from reliable import amqp, errors
-from reliable.dlq import DeadLetters, RunReport, Target, TokenBucket
+from reliable.dlq import DeadLetters
 from reliable.dlq_filters import DeadLetter, Filter
-from reliable.dlq_headers import decode_value, encode_value, replay_headers
+from reliable.dlq_headers import decode_value, encode_value
+from reliable.dlq_replay import (
+    ReplayRun,
+    RunReport,
+    Target,
+    TokenBucket,
+    batch_size_for,
+)
 
 FORMAT = "reliable-dlq/1"
 _PROPERTY_NAMES = (
@@ -206,125 +213,102 @@ def import_file(
     """
     Replay the messages of an export file with confirms (origin from their headers, or *target*).
 
-    Lines that could not be published (returned, nacked, unknown origin,
-    unreadable) are written to ``<file>.failed.jsonl`` so they can be imported
-    again once fixed.
+    The same rules as `DeadLetters.replay` apply (origin from ``x-death`` or
+    ``x-reliable-origin-queue``, history and replay-count headers), except the
+    replay cap: importing a file is an explicit decision. Lines that were not
+    published (returned, nacked, unknown origin, unreadable) are written to
+    ``<file>.failed.jsonl`` to be imported again once fixed.
     """
     flt = flt or Filter()
     target = target or Target()
     t0 = time.monotonic()
-    report = RunReport(
-        "import",
-        path.name,
-        target.describe(),
-        dry_run,
-        flt.to_json(),
-        datetime.now(UTC),
-    )
-    if target.queue is not None or target.exchange is not None:
-        letters._check_target(target)
-    else:
-        letters.check_broker()
-    publisher = amqp.ConfirmingPublisher(letters.amqp_url, window=letters.batch_size)
-    bucket = TokenBucket(rate, burst=max(1.0, rate / 20)) if rate else None
-    failed_path = path.with_name(path.name + ".failed.jsonl")
-    failed: list[str] = []
-    existing: dict[str, bool] = {}
     now = datetime.now(UTC)
-    replayed_at = now
-    batch: list[tuple[str, DeadLetter, amqp.OutgoingMessage]] = []
+    report = RunReport(
+        "import", path.name, target.describe(), dry_run, flt.to_json(), now
+    )
+    if target.is_origin:
+        letters.check_broker()
+    else:
+        letters._check_target(target)
+    size = batch_size_for(rate, letters.batch_size)
+    bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
+    publisher = amqp.ConfirmingPublisher(letters.amqp_url, window=size)
+    existing: dict[str, bool] = {}
 
-    def flush() -> None:
-        if not batch:
-            return
-        if bucket is not None:
-            wait = bucket.wait_seconds(len(batch))
-            while wait > 0:
-                time.sleep(min(wait, 0.05))
-                wait = bucket.wait_seconds(len(batch))
-            bucket.take(len(batch))
-        outcome = publisher.publish_batch(
-            [c for _l, _x, c in batch], timeout_seconds=letters.confirm_timeout_seconds
-        )
-        for (line, letter, _c), result in zip(batch, outcome.outcomes, strict=True):
-            if result.status == "confirmed":
-                report.tally.add("replayed")
-            else:
-                report.tally.add(
-                    result.status, 1, f"{letter.message.delivery_tag}: {result.reason}"
-                )
-                failed.append(line)
-        if progress is not None:
-            progress(len(batch))
-        batch.clear()
+    def queue_exists(name: str) -> bool:
+        if name not in existing:
+            existing[name] = letters.queue_exists(name)
+        return existing[name]
 
+    run = ReplayRun(
+        queue="",
+        target=target,
+        report=report,
+        publisher=publisher,
+        queue_exists=queue_exists,
+        declare_parking_lot=lambda _name: None,
+        parking_lot="",
+        max_replays=sys.maxsize,
+        dry_run=dry_run,
+        move=False,
+        confirm_timeout_seconds=letters.confirm_timeout_seconds,
+    )
+    failed: list[str] = []
     try:
-        for number, line, message, problem in read_records(path):
-            if stop is not None and stop():
-                report.interrupted = True
-                break
-            report.tally.add("scanned")
-            if message is None:
-                report.tally.add("unreadable", 1, problem)
-                failed.append(line)
-                continue
-            letter = DeadLetter.from_message(message)
-            if not flt.matches(letter, now):
-                report.tally.add("not_selected")
-                continue
-            report.tally.add("selected")
-            if target.exchange is not None:
-                exchange, key = target.exchange, target.routing_key
-            else:
-                exchange, key = "", target.queue or letter.origin.queue or ""
-            if not key and exchange == "":
-                report.tally.add(
-                    "unknown_origin", 1, f"line {number}: no x-death and no --to"
-                )
-                failed.append(line)
-                continue
-            if exchange == "" and key not in existing:
-                existing[key] = letters.queue_exists(key)
-            if exchange == "" and not existing[key]:
-                report.tally.add(
-                    "origin_missing", 1, f"line {number}: queue {key!r} does not exist"
-                )
-                failed.append(line)
-                continue
-            report.plan.append(
-                {
-                    "id": f"line {number}",
-                    "from": letter.origin.queue,
-                    "to": key if exchange == "" else f"{exchange}:{key}",
-                    "action": "replay",
-                }
-            )
-            if dry_run:
-                report.tally.add("would_replay")
-                continue
-            headers = replay_headers(
-                message.properties.headers,
-                origin_queue=letter.origin.queue,
-                replayed_at=replayed_at,
-            )
-            copy = amqp.OutgoingMessage(
-                exchange=exchange,
-                routing_key=key,
-                body=message.body,
-                properties=replace(message.properties, headers=headers or None),
-            )
-            batch.append((line, letter, copy))
-            if len(batch) >= letters.batch_size:
-                flush()
-        flush()
+        for batch in _batches(path, flt, now, report, size, stop, failed):
+            if bucket is not None:
+                bucket.acquire(len(batch), idle=publisher.poll)
+            lines = {x.message.delivery_tag: line for x, line in batch}
+            for letter, outcome, ok in run.handle([x for x, _line in batch]):
+                report.tally.add(outcome)
+                if not ok and not dry_run:
+                    failed.append(lines[letter.message.delivery_tag])
+            if progress is not None:
+                progress(len(batch))
     finally:
         publisher.close()
-    if failed and not dry_run:
-        with failed_path.open("w", encoding="utf-8") as out:
-            out.writelines(
-                line if line.endswith("\n") else line + "\n" for line in failed
-            )
-        report.warnings.append(
-            f"{len(failed)} line(s) not replayed were written to {failed_path.name}"
-        )
+    if failed:
+        _write_failed(path, failed, report)
     return letters._finish(report, t0)
+
+
+def _batches(
+    path: Path,
+    flt: Filter,
+    now: datetime,
+    report: RunReport,
+    size: int,
+    stop: Callable[[], bool] | None,
+    failed: list[str],
+) -> Iterator[list[tuple[DeadLetter, str]]]:
+    """Selected records of *path* in batches of *size*; unreadable lines go to *failed*."""
+    batch: list[tuple[DeadLetter, str]] = []
+    for _number, line, message, problem in read_records(path):
+        if stop is not None and stop():
+            report.interrupted = True
+            break
+        report.tally.add("scanned")
+        if message is None:
+            report.tally.add("unreadable", 1, problem)
+            failed.append(line)
+            continue
+        letter = DeadLetter.from_message(message)
+        if not flt.matches(letter, now):
+            report.tally.add("not_selected")
+            continue
+        report.tally.add("selected")
+        batch.append((letter, line))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_failed(path: Path, failed: list[str], report: RunReport) -> None:
+    failed_path = path.with_name(path.name + ".failed.jsonl")
+    with failed_path.open("w", encoding="utf-8") as out:
+        out.writelines(x if x.endswith("\n") else x + "\n" for x in failed)
+    report.warnings.append(
+        f"{len(failed)} line(s) not replayed were written to {failed_path.name}"
+    )

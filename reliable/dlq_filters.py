@@ -315,6 +315,7 @@ class Tally:
     problems: list[str] = field(default_factory=list)
 
     def add(self, outcome: str, n: int = 1, problem: str | None = None) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + n
+        if n:
+            self.counts[outcome] = self.counts.get(outcome, 0) + n
         if problem and len(self.problems) < 20:
             self.problems.append(problem)

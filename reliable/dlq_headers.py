@@ -3,7 +3,7 @@ Reading and rewriting dead-letter headers, and the typed JSON form of AMQP value
 
 ``x-death`` differs by broker version (rabbitmq-celery-facts §2): newest entry
 first everywhere, ``x-last-death-*`` only from 3.13, and client-sent ``x-death``
-continues the broker's counts on ≤3.12 and 3.13.3+ but not on 3.13.0–3.13.2 or
+continues the broker's counts on ≤3.12 and 3.13.3+ but not on 3.13.0 to 3.13.2 or
 4.x. So a replay moves the broker's death headers into our own history header
 and counts replays in our own ``x-reliable-replay-count``: the numbers then mean
 the same on every version. Everything here is pure and never raises on odd

@@ -26,15 +26,55 @@ F = TypeVar("F", bound=Callable[..., Any])
 def filter_options(fn: F) -> F:
     """The selection options shared by show, replay, export, import, purge and move."""
     options = [
-        click.option("--source-queue", multiple=True, help="Only messages that died in this queue (repeatable)."),
-        click.option("--reason", multiple=True, type=click.Choice(REASONS), help="Only this dead-letter reason (repeatable)."),
-        click.option("--older-than", metavar="AGE", help="Only messages that died longer ago than AGE (30s, 5m, 2h, 7d)."),
-        click.option("--newer-than", metavar="AGE", help="Only messages that died within AGE."),
-        click.option("--header", "header_filters", multiple=True, metavar="K=V", help="Only messages whose header K equals V (repeatable, all must hold)."),
-        click.option("--task", multiple=True, help="Only Celery tasks of this name (headers['task'])."),
-        click.option("--exception", multiple=True, metavar="TYPE", help="Only tasks whose failure record has this exception type (needs a database)."),
-        click.option("--message-id", multiple=True, metavar="ID", help="Only this message_id / correlation_id / task id."),
-        click.option("--limit", type=click.IntRange(min=1), default=None, help="Act on at most N matching messages."),
+        click.option(
+            "--source-queue",
+            multiple=True,
+            help="Only messages that died in this queue (repeatable).",
+        ),
+        click.option(
+            "--reason",
+            multiple=True,
+            type=click.Choice(REASONS),
+            help="Only this dead-letter reason (repeatable).",
+        ),
+        click.option(
+            "--older-than",
+            metavar="AGE",
+            help="Only messages that died longer ago than AGE (30s, 5m, 2h, 7d).",
+        ),
+        click.option(
+            "--newer-than", metavar="AGE", help="Only messages that died within AGE."
+        ),
+        click.option(
+            "--header",
+            "header_filters",
+            multiple=True,
+            metavar="K=V",
+            help="Only messages whose header K equals V (repeatable, all must hold).",
+        ),
+        click.option(
+            "--task",
+            multiple=True,
+            help="Only Celery tasks of this name (headers['task']).",
+        ),
+        click.option(
+            "--exception",
+            multiple=True,
+            metavar="TYPE",
+            help="Only tasks whose failure record has this exception type (needs a database).",
+        ),
+        click.option(
+            "--message-id",
+            multiple=True,
+            metavar="ID",
+            help="Only this message_id / correlation_id / task id.",
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Act on at most N matching messages.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -63,14 +103,28 @@ def _duration(value: str | None) -> float | None:
 
 
 def target_options(fn: F) -> F:
-    fn = click.option("--routing-key", default="", help="Routing key with --to-exchange.")(fn)
-    fn = click.option("--to-exchange", default=None, help="Publish to this exchange instead of the origin.")(fn)
-    return click.option("--to", "to_queue", default=None, help="Publish to this queue instead of the origin.")(fn)
+    fn = click.option(
+        "--routing-key", default="", help="Routing key with --to-exchange."
+    )(fn)
+    fn = click.option(
+        "--to-exchange",
+        default=None,
+        help="Publish to this exchange instead of the origin.",
+    )(fn)
+    return click.option(
+        "--to",
+        "to_queue",
+        default=None,
+        help="Publish to this queue instead of the origin.",
+    )(fn)
 
 
-def build_target(to_queue: str | None, to_exchange: str | None, routing_key: str) -> Target:
+def build_target(
+    to_queue: str | None, to_exchange: str | None, routing_key: str
+) -> Target:
     if to_queue is not None and to_exchange is not None:
-        raise click.UsageError("give --to or --to-exchange, not both")
+        msg = "give --to or --to-exchange, not both"
+        raise click.UsageError(msg)
     return Target(queue=to_queue, exchange=to_exchange, routing_key=routing_key)
 
 
@@ -116,7 +170,8 @@ def _confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not output.interactive():
-        raise click.UsageError("refusing to change queues without a terminal; pass --yes")
+        msg = "refusing to change queues without a terminal; pass --yes"
+        raise click.UsageError(msg)
     if not click.confirm(question, default=False, err=True):
         raise click.exceptions.Exit(exit_codes.EXIT_FAILURE)
 
@@ -127,10 +182,22 @@ def _finish(report: RunReport, output_format: output.OutputFormat) -> None:
         output.echo_json(report.to_json())
     else:
         if report.dry_run and report.plan:
-            output.render_rows(report.plan, columns=PLAN_COLUMNS, output="table", title="dry run: nothing was changed")
+            output.render_rows(
+                report.plan,
+                columns=PLAN_COLUMNS,
+                output="table",
+                title="dry run: nothing was changed",
+            )
         rows = [{"outcome": k, "count": v} for k, v in sorted(report.counts.items())]
-        title = f"{report.command} {report.queue}" + (" (dry run)" if report.dry_run else "")
-        output.render_rows(rows, columns=[("outcome", "outcome"), ("count", "count")], output="table", title=title)
+        title = f"{report.command} {report.queue}" + (
+            " (dry run)" if report.dry_run else ""
+        )
+        output.render_rows(
+            rows,
+            columns=[("outcome", "outcome"), ("count", "count")],
+            output="table",
+            title=title,
+        )
         for problem in report.tally.problems:
             output.note(f"  {problem}")
         for warning in report.warnings:
@@ -167,10 +234,21 @@ def dlq_group(ctx: CliContext) -> None:
 
 @dlq_group.command("list")
 @click.argument("queues", nargs=-1)
-@click.option("--sample", type=click.IntRange(min=0), default=1000, show_default=True, help="Look at up to N messages per queue for ages and counts (0: depth only).")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Look at up to N messages per queue for ages and counts (0: depth only).",
+)
 @output.output_option
 @click.pass_obj
-def list_cmd(ctx: CliContext, queues: tuple[str, ...], sample: int, output_format: output.OutputFormat) -> None:
+def list_cmd(
+    ctx: CliContext,
+    queues: tuple[str, ...],
+    sample: int,
+    output_format: output.OutputFormat,
+) -> None:
     """List dead-letter queues (found from DLX arguments and policies, or named) with depth, age and counts."""
     letters = _letters(ctx)
     letters.check_broker()
@@ -179,7 +257,9 @@ def list_cmd(ctx: CliContext, queues: tuple[str, ...], sample: int, output_forma
         mgmt = ctx.management()
         vhost = vhost_of(ctx.settings.amqp_url)
         version = mgmt.broker_version()
-        for entry in discover(mgmt.queues(vhost), mgmt.bindings(vhost), broker_version=version):
+        for entry in discover(
+            mgmt.queues(vhost), mgmt.bindings(vhost), broker_version=version
+        ):
             found[entry.name] = {
                 "queue": entry.name,
                 "type": entry.type,
@@ -187,7 +267,9 @@ def list_cmd(ctx: CliContext, queues: tuple[str, ...], sample: int, output_forma
                 "delivery_limit": entry.delivery_limit,
             }
     for name in queues:
-        found.setdefault(name, {"queue": name, "type": None, "sources": [], "delivery_limit": None})
+        found.setdefault(
+            name, {"queue": name, "type": None, "sources": [], "delivery_limit": None}
+        )
     rows = []
     for name, row in found.items():
         row["depth"] = letters.check_queue(name).message_count
@@ -200,15 +282,22 @@ def list_cmd(ctx: CliContext, queues: tuple[str, ...], sample: int, output_forma
         return
     for row in rows:
         for key in ("by_source_queue", "by_reason", "by_exception_type"):
-            row[key] = ", ".join(f"{next(iter(g.values()))}: {g['count']}" for g in row.get(key) or [])
+            row[key] = ", ".join(
+                f"{next(iter(g.values()))}: {g['count']}" for g in row.get(key) or []
+            )
         row["sources"] = ", ".join(row["sources"])
         row["oldest"] = _age(row.get("oldest_age_seconds"))
     output.render_rows(
         rows,
         columns=[
-            ("queue", "queue"), ("type", "type"), ("depth", "depth"), ("oldest", "oldest"),
-            ("sources", "dead-lettered from"), ("by_source_queue", "by source queue"),
-            ("by_reason", "by reason"), ("by_exception_type", "by exception"),
+            ("queue", "queue"),
+            ("type", "type"),
+            ("depth", "depth"),
+            ("oldest", "oldest"),
+            ("sources", "dead-lettered from"),
+            ("by_source_queue", "by source queue"),
+            ("by_reason", "by reason"),
+            ("by_exception_type", "by exception"),
         ],
         output="table",
         title="dead-letter queues",
@@ -228,10 +317,19 @@ def _age(seconds: float | None) -> str:
 @dlq_group.command("show")
 @click.argument("queue")
 @filter_options
-@click.option("--full", is_flag=True, help="Print headers, properties and body of each message.")
+@click.option(
+    "--full", is_flag=True, help="Print headers, properties and body of each message."
+)
 @output.output_option
 @click.pass_obj
-def show_cmd(ctx: CliContext, queue: str, full: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def show_cmd(
+    ctx: CliContext,
+    /,
+    queue: str,
+    full: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Show dead letters with their origin; the queue keeps the same messages in the same order."""
     flt = build_filter(kw, default_limit=20)
     letters, _ = _letters(ctx).peek(queue, flt)
@@ -240,7 +338,13 @@ def show_cmd(ctx: CliContext, queue: str, full: bool, output_format: output.Outp
         output.echo_json([x.detail(now) for x in letters])
         return
     if not full:
-        output.render_rows([x.summary(now) for x in letters], columns=SHOW_COLUMNS, output="table", title=f"dead letters in {queue}", empty="no matching dead letters")
+        output.render_rows(
+            [x.summary(now) for x in letters],
+            columns=SHOW_COLUMNS,
+            output="table",
+            title=f"dead letters in {queue}",
+            empty="no matching dead letters",
+        )
         return
     for letter in letters:
         output.show_record(letter.detail(now))
@@ -254,27 +358,78 @@ def _progress(total: int | None, label: str, output_format: output.OutputFormat)
 @click.argument("queue")
 @filter_options
 @target_options
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N messages per second.")
-@click.option("--max-replays", type=click.IntRange(min=0), default=5, show_default=True, help="Park a message already replayed this many times.")
-@click.option("--parking-lot", default=None, help="Parking-lot queue [default: QUEUE.parking-lot].")
-@click.option("--parking-lot-type", type=click.Choice(["classic", "quorum"]), default="classic", show_default=True, help="Type used when the parking lot is declared.")
-@click.option("--dry-run", is_flag=True, help="Print what would move where; change nothing.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most N messages per second.",
+)
+@click.option(
+    "--max-replays",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Park a message already replayed this many times.",
+)
+@click.option(
+    "--parking-lot",
+    default=None,
+    help="Parking-lot queue [default: QUEUE.parking-lot].",
+)
+@click.option(
+    "--parking-lot-type",
+    type=click.Choice(["classic", "quorum"]),
+    default="classic",
+    show_default=True,
+    help="Type used when the parking lot is declared.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would move where; change nothing."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @output.output_option
 @click.pass_obj
-def replay_cmd(ctx: CliContext, queue: str, to_queue: str | None, to_exchange: str | None, routing_key: str, rate: float | None, max_replays: int, parking_lot: str | None, parking_lot_type: str, dry_run: bool, yes: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def replay_cmd(
+    ctx: CliContext,
+    /,
+    queue: str,
+    to_queue: str | None,
+    to_exchange: str | None,
+    routing_key: str,
+    rate: float | None,
+    max_replays: int,
+    parking_lot: str | None,
+    parking_lot_type: str,
+    dry_run: bool,
+    yes: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Republish dead letters to their queue of origin (or --to), acking each after its confirm."""
     flt = build_filter(kw)
     target = build_target(to_queue, to_exchange, routing_key)
     letters = _letters(ctx)
     depth = letters.check_queue(queue).message_count
     if not dry_run:
-        _confirm(f"replay up to {depth} message(s) from {queue!r} to {target.describe()}?", yes)
-    with _graceful() as stop, _progress(depth, f"replaying {queue}", output_format) as advance:
+        _confirm(
+            f"replay up to {depth} message(s) from {queue!r} to {target.describe()}?",
+            yes,
+        )
+    with (
+        _graceful() as stop,
+        _progress(depth, f"replaying {queue}", output_format) as advance,
+    ):
         report = letters.replay(
-            queue, flt, target=target, rate=rate, max_replays=max_replays, parking_lot=parking_lot,
+            queue,
+            flt,
+            target=target,
+            rate=rate,
+            max_replays=max_replays,
+            parking_lot=parking_lot,
             parking_lot_type="quorum" if parking_lot_type == "quorum" else "classic",
-            dry_run=dry_run, stop=stop, progress=advance,
+            dry_run=dry_run,
+            stop=stop,
+            progress=advance,
         )
     _finish(report, output_format)
 
@@ -283,31 +438,73 @@ def replay_cmd(ctx: CliContext, queue: str, to_queue: str | None, to_exchange: s
 @click.argument("source")
 @click.argument("destination")
 @filter_options
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N messages per second.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most N messages per second.",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would move; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @output.output_option
 @click.pass_obj
-def move_cmd(ctx: CliContext, source: str, destination: str, rate: float | None, dry_run: bool, yes: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def move_cmd(
+    ctx: CliContext,
+    /,
+    source: str,
+    destination: str,
+    rate: float | None,
+    dry_run: bool,
+    yes: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Move messages from SOURCE to queue DESTINATION unchanged, acking each after its confirm."""
     flt = build_filter(kw)
     letters = _letters(ctx)
     depth = letters.check_queue(source).message_count
     if not dry_run:
-        _confirm(f"move up to {depth} message(s) from {source!r} to {destination!r}?", yes)
-    with _graceful() as stop, _progress(depth, f"moving {source}", output_format) as advance:
-        report = letters.move(source, destination, flt, rate=rate, dry_run=dry_run, stop=stop, progress=advance)
+        _confirm(
+            f"move up to {depth} message(s) from {source!r} to {destination!r}?", yes
+        )
+    with (
+        _graceful() as stop,
+        _progress(depth, f"moving {source}", output_format) as advance,
+    ):
+        report = letters.move(
+            source,
+            destination,
+            flt,
+            rate=rate,
+            dry_run=dry_run,
+            stop=stop,
+            progress=advance,
+        )
     _finish(report, output_format)
 
 
 @dlq_group.command("purge")
 @click.argument("queue")
 @filter_options
-@click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
-@click.option("--yes", is_flag=True, help="Required (or a terminal to confirm): this deletes messages.")
+@click.option(
+    "--dry-run", is_flag=True, help="Count what would be removed; change nothing."
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Required (or a terminal to confirm): this deletes messages.",
+)
 @output.output_option
 @click.pass_obj
-def purge_cmd(ctx: CliContext, queue: str, dry_run: bool, yes: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def purge_cmd(
+    ctx: CliContext,
+    /,
+    queue: str,
+    dry_run: bool,
+    yes: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Delete all dead letters of QUEUE, or with filters only the matching ones."""
     flt = build_filter(kw)
     letters = _letters(ctx)
@@ -322,21 +519,46 @@ def purge_cmd(ctx: CliContext, queue: str, dry_run: bool, yes: bool, output_form
 
 @dlq_group.command("export")
 @click.argument("queue")
-@click.option("-o", "--output-file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSON Lines file to write.")
+@click.option(
+    "-o",
+    "--output-file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON Lines file to write.",
+)
 @filter_options
-@click.option("--remove", is_flag=True, help="Remove exported messages (after the file is written and fsynced).")
+@click.option(
+    "--remove",
+    is_flag=True,
+    help="Remove exported messages (after the file is written and fsynced).",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --remove.")
 @output.output_option
 @click.pass_obj
-def export_cmd(ctx: CliContext, queue: str, path: Path, remove: bool, yes: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def export_cmd(
+    ctx: CliContext,
+    /,
+    queue: str,
+    path: Path,
+    remove: bool,
+    yes: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Write dead letters to a JSON Lines file, losslessly (bodies base64, typed headers)."""
     flt = build_filter(kw)
     letters = _letters(ctx)
     depth = letters.check_queue(queue).message_count
     if remove:
         _confirm(f"export and remove up to {depth} message(s) from {queue!r}?", yes)
-    with _graceful() as stop, _progress(depth, f"exporting {queue}", output_format) as advance:
-        report = dlq_archive.export(letters, queue, path, flt, remove=remove, stop=stop, progress=advance)
+    with (
+        _graceful() as stop,
+        _progress(depth, f"exporting {queue}", output_format) as advance,
+    ):
+        report = dlq_archive.export(
+            letters, queue, path, flt, remove=remove, stop=stop, progress=advance
+        )
     _finish(report, output_format)
 
 
@@ -344,22 +566,54 @@ def export_cmd(ctx: CliContext, queue: str, path: Path, remove: bool, yes: bool,
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @filter_options
 @target_options
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="At most N messages per second.")
-@click.option("--dry-run", is_flag=True, help="Print what would be published; publish nothing.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most N messages per second.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be published; publish nothing."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @output.output_option
 @click.pass_obj
-def import_cmd(ctx: CliContext, path: Path, to_queue: str | None, to_exchange: str | None, routing_key: str, rate: float | None, dry_run: bool, yes: bool, output_format: output.OutputFormat, **kw: Any) -> None:
+def import_cmd(
+    ctx: CliContext,
+    /,
+    path: Path,
+    to_queue: str | None,
+    to_exchange: str | None,
+    routing_key: str,
+    rate: float | None,
+    dry_run: bool,
+    yes: bool,
+    output_format: output.OutputFormat,
+    **kw: Any,
+) -> None:
     """Replay the messages of an export file to their origin (or --to), with confirms."""
     flt = build_filter(kw)
     target = build_target(to_queue, to_exchange, routing_key)
     if not path.exists():
-        raise errors.DecodeError(f"file {str(path)!r} does not exist; check the path", reason="missing")
+        msg = f"file {str(path)!r} does not exist; check the path"
+        raise errors.DecodeError(msg, reason="missing")
     if not dry_run:
         _confirm(f"publish the messages of {path.name!r} to {target.describe()}?", yes)
     letters = _letters(ctx)
-    with _graceful() as stop, _progress(None, f"importing {path.name}", output_format) as advance:
-        report = dlq_archive.import_file(letters, path, flt, target=target, rate=rate, dry_run=dry_run, stop=stop, progress=advance)
+    with (
+        _graceful() as stop,
+        _progress(None, f"importing {path.name}", output_format) as advance,
+    ):
+        report = dlq_archive.import_file(
+            letters,
+            path,
+            flt,
+            target=target,
+            rate=rate,
+            dry_run=dry_run,
+            stop=stop,
+            progress=advance,
+        )
     _finish(report, output_format)
 
 
@@ -368,18 +622,26 @@ def import_cmd(ctx: CliContext, path: Path, to_queue: str | None, to_exchange: s
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @output.output_option
 @click.pass_obj
-def history_cmd(ctx: CliContext, queue: str | None, limit: int, output_format: output.OutputFormat) -> None:
+def history_cmd(
+    ctx: CliContext, queue: str | None, limit: int, output_format: output.OutputFormat
+) -> None:
     """List audited dlq runs (needs a database), newest first."""
     rows = _letters(ctx).history(queue=queue, limit=limit)
     output.render_rows(
         rows,
         columns=[
-            ("id", "id"), ("started_at", "started"), ("os_user", "user"), ("command", "command"),
-            ("queue", "queue"), ("target", "target"), ("filters", "filters"), ("counts", "counts"),
-            ("dry_run", "dry run"), ("interrupted", "interrupted"),
+            ("id", "id"),
+            ("started_at", "started"),
+            ("os_user", "user"),
+            ("command", "command"),
+            ("queue", "queue"),
+            ("target", "target"),
+            ("filters", "filters"),
+            ("counts", "counts"),
+            ("dry_run", "dry run"),
+            ("interrupted", "interrupted"),
         ],
         output=output_format,
         title="dlq runs",
         empty="no dlq runs recorded",
     )
-

@@ -123,4 +123,7 @@ def show_record(record: Mapping[str, Any]) -> None:
     for key in ("celery", "deaths", "properties", "headers", "body"):
         if record.get(key) not in (None, [], {}):
             console.print(f"{key}:", markup=False)
-            console.print(json.dumps(record[key], indent=2, default=str, ensure_ascii=False), markup=False)
+            console.print(
+                json.dumps(record[key], indent=2, default=str, ensure_ascii=False),
+                markup=False,
+            )

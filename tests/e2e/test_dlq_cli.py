@@ -29,17 +29,34 @@ from tests.integration.dlq_support import (
 
 def run(broker, *args: str, **kw):
     cmd = [
-        sys.executable, "-m", "reliable",
-        "--amqp-url", broker.amqp_url,
-        "--management-url", broker.management_url,
-        "dlq", *args,
+        sys.executable,
+        "-m",
+        "reliable",
+        "--amqp-url",
+        broker.amqp_url,
+        "--management-url",
+        broker.management_url,
+        "dlq",
+        *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kw)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, check=False, **kw
+    )
 
 
 def start(broker, *args: str):
-    cmd = [sys.executable, "-m", "reliable", "--amqp-url", broker.amqp_url, "dlq", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "reliable",
+        "--amqp-url",
+        broker.amqp_url,
+        "dlq",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(name="ch")
@@ -52,7 +69,13 @@ def _ch(broker):
 
 
 def test_list_show_replay_history_from_the_command_line(broker, ch) -> None:
-    dead_letter(ch, "work", b'{"a": 1}', message_id="w1", headers={"task": "app.add", "id": "t1"})
+    dead_letter(
+        ch,
+        "work",
+        b'{"a": 1}',
+        message_id="w1",
+        headers={"task": "app.add", "id": "t1"},
+    )
     dead_letter(ch, "other", b"\xff\x00", message_id="o1")
     wait_depth(ch, DLQ, 2)
 
@@ -60,41 +83,71 @@ def test_list_show_replay_history_from_the_command_line(broker, ch) -> None:
     shown = run(broker, "show", DLQ, "--output", "json")
     full = run(broker, "show", DLQ, "--full")
     dry = run(broker, "replay", DLQ, "--dry-run", "--output", "json")
-    replay = run(broker, "replay", DLQ, "--source-queue", "work", "--yes", "--output", "json")
+    replay = run(
+        broker, "replay", DLQ, "--source-queue", "work", "--yes", "--output", "json"
+    )
     history = run(broker, "history")
 
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)
     assert (row["queue"], row["depth"], row["sources"]) == (DLQ, 2, ["other", "work"])
-    assert {g["source_queue"]: g["count"] for g in row["by_source_queue"]} == {"work": 1, "other": 1}
+    assert {g["source_queue"]: g["count"] for g in row["by_source_queue"]} == {
+        "work": 1,
+        "other": 1,
+    }
     assert shown.returncode == 0, shown.stderr
     details = {d["message_id"]: d for d in json.loads(shown.stdout)}
     assert details["w1"]["body"] == {"kind": "json", "value": {"a": 1}}
     assert details["w1"]["task"] == "app.add"
     assert details["o1"]["body"]["kind"] == "base64"
-    assert full.returncode == 0 and "x-death" in full.stdout
-    assert dry.returncode == 0 and json.loads(dry.stdout)["counts"]["would_replay"] == 2
+    assert full.returncode == 0
+    assert "x-death" in full.stdout
+    assert dry.returncode == 0
+    assert json.loads(dry.stdout)["counts"]["would_replay"] == 2
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["counts"]["replayed"] == 1
     assert [p.message_id for p, _b in drain(ch, "work")] == ["w1"]
     assert depth(ch, DLQ) == 1
-    assert history.returncode == 7 and history.stderr.startswith("error: no database configured")
+    assert history.returncode == 7
+    assert history.stderr.startswith("error: no database configured")
 
 
 @pytest.mark.parametrize(
     ("args", "code", "start_of_message"),
     [
         (["replay", "missing", "--yes"], 3, "error: queue 'missing' does not exist"),
-        (["replay", DLQ, "--to", "nowhere", "--yes"], 3, "error: target queue 'nowhere' does not exist"),
-        (["replay", DLQ, "--to-exchange", "nowhere", "--yes"], 3, "error: target exchange 'nowhere' does not exist"),
+        (
+            ["replay", DLQ, "--to", "nowhere", "--yes"],
+            3,
+            "error: target queue 'nowhere' does not exist",
+        ),
+        (
+            ["replay", DLQ, "--to-exchange", "nowhere", "--yes"],
+            3,
+            "error: target exchange 'nowhere' does not exist",
+        ),
         (["replay", DLQ], 2, "Usage:"),
         (["purge", DLQ], 2, "Usage:"),
         (["show", DLQ, "--older-than", "soon"], 2, "Usage:"),
-        (["import", "no-such-file.jsonl", "--yes"], 1, "error: file 'no-such-file.jsonl' does not exist"),
+        (
+            ["import", "no-such-file.jsonl", "--yes"],
+            1,
+            "error: file 'no-such-file.jsonl' does not exist",
+        ),
     ],
-    ids=["queue", "target-queue", "target-exchange", "no-yes", "purge-no-yes", "bad-age", "no-file"],
+    ids=[
+        "queue",
+        "target-queue",
+        "target-exchange",
+        "no-yes",
+        "purge-no-yes",
+        "bad-age",
+        "no-file",
+    ],
 )
-def test_bad_input_is_one_line_and_an_exit_code(broker, ch, args, code, start_of_message) -> None:
+def test_bad_input_is_one_line_and_an_exit_code(
+    broker, ch, args, code, start_of_message
+) -> None:
     dead_letter(ch, "work", b"x", message_id="x")
     wait_depth(ch, DLQ, 1)
 
@@ -108,8 +161,21 @@ def test_bad_input_is_one_line_and_an_exit_code(broker, ch, args, code, start_of
 
 def test_broker_down_is_exit_code_3() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "reliable", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2F", "dlq", "replay", DLQ, "--yes"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "reliable",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2F",
+            "dlq",
+            "replay",
+            DLQ,
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert result.returncode == 3
@@ -133,7 +199,10 @@ def test_sigkill_mid_replay_loses_nothing(broker, ch) -> None:
 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    wait_for(lambda: depth(ch, "work") + depth(ch, DLQ) >= 400, what="unacked messages to return")
+    wait_for(
+        lambda: depth(ch, "work") + depth(ch, DLQ) >= 400,
+        what="unacked messages to return",
+    )
     replayed = [p.message_id for p, _b in drain(ch, "work")]
     left = [p.message_id for p, _b in drain(ch, DLQ)]
 
@@ -143,7 +212,9 @@ def test_sigkill_mid_replay_loses_nothing(broker, ch) -> None:
     assert duplicates <= 400 // 20 + 1  # at most one unacked batch
 
 
-def test_sigterm_stops_after_in_flight_confirms_and_prints_the_summary(broker, ch) -> None:
+def test_sigterm_stops_after_in_flight_confirms_and_prints_the_summary(
+    broker, ch
+) -> None:
     ids = _fill(ch, 300)
     proc = start(broker, "replay", DLQ, "--yes", "--rate", "300", "--output", "json")
     wait_for(lambda: depth(ch, "work") >= 30, what="the replay to get going")
@@ -160,14 +231,31 @@ def test_sigterm_stops_after_in_flight_confirms_and_prints_the_summary(broker, c
     assert sorted(replayed + left) == sorted(ids)
 
 
-def test_export_remove_then_import_round_trips_byte_for_byte(broker, ch, tmp_path) -> None:
+def test_export_remove_then_import_round_trips_byte_for_byte(
+    broker, ch, tmp_path
+) -> None:
     when = datetime(2025, 5, 6, 7, 8, 9, tzinfo=UTC)
     headers = {
-        "id": "t-1", "dec": Decimal("12.345"), "at": when, "raw": b"\x00\xff", "flag": True,
-        "big": 2**40, "neg": -3, "nested": {"list": [1, "two", None, {"deep": b"\x01"}]},
+        "id": "t-1",
+        "dec": Decimal("12.345"),
+        "at": when,
+        "raw": b"\x00\xff",
+        "flag": True,
+        "big": 2**40,
+        "neg": -3,
+        "nested": {"list": [1, "two", None, {"deep": b"\x01"}]},
     }
-    dead_letter(ch, "work", b"\x89PNG\r\n\x1a\n\x00\xff", message_id="bin", correlation_id="c", headers=headers)
-    dead_letter(ch, "work", "ünïcode".encode(), message_id="text", content_type="text/plain")
+    dead_letter(
+        ch,
+        "work",
+        b"\x89PNG\r\n\x1a\n\x00\xff",
+        message_id="bin",
+        correlation_id="c",
+        headers=headers,
+    )
+    dead_letter(
+        ch, "work", "ünïcode".encode(), message_id="text", content_type="text/plain"
+    )
     wait_depth(ch, DLQ, 2)
     path = tmp_path / "dead.jsonl"
     as_dead = {m: h for _b, m, _c, h in snapshot(ch, DLQ)}
@@ -190,7 +278,10 @@ def test_export_remove_then_import_round_trips_byte_for_byte(broker, ch, tmp_pat
             continue
         assert props.headers[key] == value, key
         assert type(props.headers[key]) is type(value), key
-    assert props.headers["x-reliable-death-history"][0]["x-death"] == as_dead["bin"]["x-death"]
+    assert (
+        props.headers["x-reliable-death-history"][0]["x-death"]
+        == as_dead["bin"]["x-death"]
+    )
     assert set(headers) <= set(props.headers)
     assert back["text"][1] == "ünïcode".encode()
     assert back["text"][0].content_type == "text/plain"

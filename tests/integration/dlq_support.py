@@ -16,7 +16,9 @@ def connect(url: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(url))
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float = 20.0, what: str = "") -> None:
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float = 20.0, what: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -30,7 +32,9 @@ def depth(ch: Any, queue: str) -> int:
 
 
 def wait_depth(ch: Any, queue: str, n: int, timeout: float = 20.0) -> None:
-    wait_for(lambda: depth(ch, queue) == n, timeout=timeout, what=f"{queue} to hold {n}")
+    wait_for(
+        lambda: depth(ch, queue) == n, timeout=timeout, what=f"{queue} to hold {n}"
+    )
 
 
 def setup(ch: Any, *, dlq_type: str = "classic") -> None:

@@ -37,7 +37,14 @@ def _ch(broker):
 
 
 def test_replay_returns_each_dead_letter_to_its_source_queue(broker, ch) -> None:
-    dead_letter(ch, "work", b"w1", message_id="m-w1", correlation_id="c-w1", headers={"id": "t-w1"})
+    dead_letter(
+        ch,
+        "work",
+        b"w1",
+        message_id="m-w1",
+        correlation_id="c-w1",
+        headers={"id": "t-w1"},
+    )
     dead_letter(ch, "other", b"o1", message_id="m-o1")
     dead_letter(ch, "work", b"\xff\xfe not utf-8", message_id="m-w2")
     wait_depth(ch, DLQ, 3)
@@ -52,7 +59,11 @@ def test_replay_returns_each_dead_letter_to_its_source_queue(broker, ch) -> None
     assert [b for _p, b in work] == [b"w1", b"\xff\xfe not utf-8"]
     assert [b for _p, b in other] == [b"o1"]
     props = next(p for p, b in work if b == b"w1")
-    assert (props.message_id, props.correlation_id, props.headers["id"]) == ("m-w1", "c-w1", "t-w1")
+    assert (props.message_id, props.correlation_id, props.headers["id"]) == (
+        "m-w1",
+        "c-w1",
+        "t-w1",
+    )
     assert props.headers[REPLAY_COUNT] == 1
     assert props.headers[ORIGIN_QUEUE] == "work"
     assert "x-death" not in props.headers
@@ -60,13 +71,17 @@ def test_replay_returns_each_dead_letter_to_its_source_queue(broker, ch) -> None
     assert props.delivery_mode == 2
 
 
-def test_every_kind_of_dead_letter_is_traced_to_its_queue_and_reason(broker, ch) -> None:
+def test_every_kind_of_dead_letter_is_traced_to_its_queue_and_reason(
+    broker, ch
+) -> None:
     dl = {"x-dead-letter-exchange": "dlx"}
     ch.queue_declare("ttl-msg", durable=True, arguments=dl)
     ch.queue_declare("ttl-queue", durable=True, arguments={**dl, "x-message-ttl": 1})
     ch.queue_declare("short", durable=True, arguments={**dl, "x-max-length": 1})
     ch.queue_declare(
-        "qq", durable=True, arguments={**dl, "x-queue-type": "quorum", "x-delivery-limit": 1}
+        "qq",
+        durable=True,
+        arguments={**dl, "x-queue-type": "quorum", "x-delivery-limit": 1},
     )
     dead_letter(ch, "work", b"rejected", message_id="rejected")
     publish(ch, "ttl-msg", b"expired-msg", message_id="expired-msg", expiration="1")
@@ -81,13 +96,18 @@ def test_every_kind_of_dead_letter_is_traced_to_its_queue_and_reason(broker, ch)
             ch.basic_nack(method.delivery_tag, requeue=True)
         return depth(ch, DLQ) >= 5
 
-    wait_for(fail_qq_delivery, what="the quorum queue to dead-letter past its delivery limit")
+    wait_for(
+        fail_qq_delivery, what="the quorum queue to dead-letter past its delivery limit"
+    )
     wait_depth(ch, DLQ, 5)
     before = snapshot(ch, DLQ)
 
     letters, _report = DeadLetters(broker.amqp_url).peek(DLQ)
 
-    found = {x.message.properties.message_id: (x.origin.queue, x.origin.reason) for x in letters}
+    found = {
+        x.message.properties.message_id: (x.origin.queue, x.origin.reason)
+        for x in letters
+    }
     assert found == {
         "rejected": ("work", "rejected"),
         "expired-msg": ("ttl-msg", "expired"),
@@ -112,15 +132,29 @@ def test_every_kind_of_dead_letter_is_traced_to_its_queue_and_reason(broker, ch)
     ],
     ids=["source", "reason", "header", "task", "id", "newer", "older", "limit"],
 )
-def test_filters_select_exactly_the_matching_messages(broker, ch, flt, expected) -> None:
-    ch.queue_declare("ttl", durable=True, arguments={"x-dead-letter-exchange": "dlx", "x-message-ttl": 1})
+def test_filters_select_exactly_the_matching_messages(
+    broker, ch, flt, expected
+) -> None:
+    ch.queue_declare(
+        "ttl",
+        durable=True,
+        arguments={"x-dead-letter-exchange": "dlx", "x-message-ttl": 1},
+    )
     dead_letter(ch, "work", b"1", message_id="w1", headers={"tenant": "acme"})
-    dead_letter(ch, "work", b"2", message_id="w2", headers={"task": "app.add", "tenant": "other"})
+    dead_letter(
+        ch,
+        "work",
+        b"2",
+        message_id="w2",
+        headers={"task": "app.add", "tenant": "other"},
+    )
     dead_letter(ch, "other", b"3", message_id="o1", correlation_id="c-o1")
     publish(ch, "ttl", b"4", message_id="e1")
     wait_depth(ch, DLQ, 4)
 
-    report = DeadLetters(broker.amqp_url).replay(DLQ, flt, target=Target(queue="other"), max_replays=99)
+    report = DeadLetters(broker.amqp_url).replay(
+        DLQ, flt, target=Target(queue="other"), max_replays=99
+    )
 
     moved = {p.message_id for p, _b in drain(ch, "other")}
     assert moved == expected
@@ -130,7 +164,9 @@ def test_filters_select_exactly_the_matching_messages(broker, ch, flt, expected)
 
 def test_dry_run_changes_nothing(broker, ch) -> None:
     for i in range(5):
-        dead_letter(ch, "work" if i % 2 else "other", f"m{i}".encode(), message_id=f"m{i}")
+        dead_letter(
+            ch, "work" if i % 2 else "other", f"m{i}".encode(), message_id=f"m{i}"
+        )
     wait_depth(ch, DLQ, 5)
     before = snapshot(ch, DLQ)
 
@@ -140,7 +176,11 @@ def test_dry_run_changes_nothing(broker, ch) -> None:
     assert depth(ch, "work") == depth(ch, "other") == 0
     assert report.counts["would_replay"] == 5
     assert {(e["id"], e["to"]) for e in report.plan} == {
-        ("m0", "other"), ("m1", "work"), ("m2", "other"), ("m3", "work"), ("m4", "other")
+        ("m0", "other"),
+        ("m1", "work"),
+        ("m2", "other"),
+        ("m3", "work"),
+        ("m4", "other"),
     }
 
 
@@ -179,7 +219,9 @@ def test_returned_messages_stay_in_the_dlq(broker, ch) -> None:
     dead_letter(ch, "work", b"y")  # no message_id: the return is matched by content
     wait_depth(ch, DLQ, 2)
 
-    report = DeadLetters(broker.amqp_url).replay(DLQ, target=Target(exchange="nowhere", routing_key="k"))
+    report = DeadLetters(broker.amqp_url).replay(
+        DLQ, target=Target(exchange="nowhere", routing_key="k")
+    )
 
     assert report.counts["returned"] == 2
     assert depth(ch, DLQ) == 2
@@ -209,7 +251,10 @@ def test_missing_queues_fail_before_anything_is_taken(broker, ch) -> None:
     with pytest.raises(errors.ExchangeNotFound):
         dl.replay(DLQ, target=Target(exchange="no-such-exchange"))
 
-    assert (missing_dlq.value.queue, missing_target.value.queue) == ("no-such-dlq", "no-such-target")
+    assert (missing_dlq.value.queue, missing_target.value.queue) == (
+        "no-such-dlq",
+        "no-such-target",
+    )
     assert depth(ch, DLQ) == 1
 
 
@@ -225,7 +270,7 @@ def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
     outcomes = []
     for _ in range(3):
         report = dl.replay(DLQ, max_replays=2)
-        outcomes.append(report.counts.get("replayed", 0) and "replayed" or "parked")
+        outcomes.append((report.counts.get("replayed", 0) and "replayed") or "parked")
         if depth(ch, "work"):
             reject_all(ch, "work")  # the consumer fails it again
             wait_depth(ch, DLQ, 1)
@@ -241,7 +286,9 @@ def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
 
 def test_move_keeps_headers_and_body(broker, ch) -> None:
     ch.queue_declare("archive", durable=True)
-    dead_letter(ch, "work", b"\x00\x01", message_id="a", headers={"n": decimal.Decimal("1.5")})
+    dead_letter(
+        ch, "work", b"\x00\x01", message_id="a", headers={"n": decimal.Decimal("1.5")}
+    )
     wait_depth(ch, DLQ, 1)
 
     report = DeadLetters(broker.amqp_url).move(DLQ, "archive")
@@ -271,13 +318,18 @@ def test_purge_with_a_filter_removes_only_the_matching(broker, ch) -> None:
 
 
 def snapshot_props(ch):
-    return [(type("P", (), {"message_id": mid})(), b) for b, mid, _c, _h in snapshot(ch, DLQ)]
+    return [
+        (type("P", (), {"message_id": mid})(), b)
+        for b, mid, _c, _h in snapshot(ch, DLQ)
+    ]
 
 
 def test_runs_are_audited_and_listed(broker, ch, database) -> None:
     dead_letter(ch, "work", b"1", message_id="w")
     wait_depth(ch, DLQ, 1)
-    dl = DeadLetters(broker.amqp_url, database_url=database.url, db_schema=database.schema)
+    dl = DeadLetters(
+        broker.amqp_url, database_url=database.url, db_schema=database.schema
+    )
 
     dry = dl.replay(DLQ, Filter(reasons=("rejected",)), dry_run=True)
     real = dl.replay(DLQ)
@@ -292,7 +344,13 @@ def test_runs_are_audited_and_listed(broker, ch, database) -> None:
 
 def test_timestamps_in_headers_survive_a_replay(broker, ch) -> None:
     when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-    dead_letter(ch, "work", b"t", message_id="t", headers={"at": when, "nested": {"l": [1, "a", b"\xff"]}})
+    dead_letter(
+        ch,
+        "work",
+        b"t",
+        message_id="t",
+        headers={"at": when, "nested": {"l": [1, "a", b"\xff"]}},
+    )
     wait_depth(ch, DLQ, 1)
 
     DeadLetters(broker.amqp_url).replay(DLQ)
