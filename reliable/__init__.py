@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
+from reliable.app import Reliable
 from reliable.config import Settings
 from reliable.errors import (
     BrokerConnectionError,
@@ -27,12 +28,17 @@ from reliable.errors import (
     TopologyFileError,
     UnroutableMessage,
 )
+from reliable.outbox import Outbox, OutboxMessage
 
 __version__ = importlib.metadata.version("reliable")
 
 __all__ = [
     # Entry point
+    "Reliable",
     "Settings",
+    # Messages, outbox and inbox
+    "Outbox",
+    "OutboxMessage",
     # Errors
     "ReliableError",
     "ConfigError",
