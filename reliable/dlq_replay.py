@@ -122,7 +122,9 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        return max(0.0, (min(n, self.burst) - self._tokens) / self.rate)
+        deficit = min(n, self.burst) - self._tokens
+        # Below a nanotoken the float rounding, not the rate, is talking.
+        return deficit / self.rate if deficit > 1e-9 else 0.0
 
     def take(self, n: int) -> None:
         self._tokens -= n
