@@ -867,6 +867,7 @@ class QueueReader:
         self._buffer: list[IncomingMessage] = []
         self._delivered = 0
         self._acked = 0
+        self._unacked: set[int] = set()
 
     def __enter__(self) -> QueueReader:
         self.open()
@@ -918,6 +919,7 @@ class QueueReader:
 
     def _on_message(self, _ch: Any, method: Any, props: Any, body: bytes) -> None:
         self._delivered += 1
+        self._unacked.add(method.delivery_tag)
         self._buffer.append(
             IncomingMessage(
                 delivery_tag=method.delivery_tag,
@@ -975,13 +977,27 @@ class QueueReader:
         return taken
 
     def ack(self, delivery_tags: Sequence[int]) -> None:
-        """Acknowledge (remove) the given messages."""
+        """
+        Acknowledge (remove) the given messages; held ones stay unacked.
+
+        Tags below the lowest held message go in one ``multiple`` ack (a
+        blocking ack per message costs a loop turn each); the rest one by one.
+        """
+        tags = sorted(set(delivery_tags) & self._unacked)
+        if not tags:
+            return
+        held = self._unacked.difference(tags)
+        lowest_held = min(held) if held else None
+        upto = [t for t in tags if lowest_held is None or t < lowest_held]
         try:
-            for tag in delivery_tags:
+            if upto:
+                self._channel.basic_ack(upto[-1], multiple=True)
+            for tag in tags[len(upto) :]:
                 self._channel.basic_ack(tag)
-                self._acked += 1
         except pika.exceptions.AMQPError as exc:
             raise _connection_error(exc, self._url) from None
+        self._unacked.difference_update(tags)
+        self._acked += len(tags)
 
     def poll(self) -> None:
         """Answer heartbeats while the caller is busy elsewhere."""

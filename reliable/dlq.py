@@ -17,11 +17,12 @@ replayed twice (at-least-once); consumers dedupe through the inbox.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -91,6 +92,7 @@ class DeadLetters:
         if batch_size < 1:
             msg = f"batch_size must be at least 1, got {batch_size}"
             raise ValueError(msg)
+        self._check_channel: amqp.Channel | None = None
         self.amqp_url = amqp_url
         self.database_url = database_url
         self.db_schema = db_schema
@@ -100,6 +102,19 @@ class DeadLetters:
 
     # -- checks -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _checks(self) -> Iterator[amqp.Channel]:
+        """One channel for the existence checks of a run (each connection costs a round trip or three)."""
+        if self._check_channel is not None:
+            yield self._check_channel
+            return
+        with amqp.open_channel(self.amqp_url) as channel:
+            self._check_channel = channel
+            try:
+                yield channel
+            finally:
+                self._check_channel = None
+
     def check_queue(self, name: str) -> amqp.QueueState:
         """
         The live ready count of *name*.
@@ -108,14 +123,14 @@ class DeadLetters:
             reliable.errors.QueueNotFound: It does not exist.
             reliable.errors.BrokerConnectionError: RabbitMQ cannot be reached.
         """
-        with amqp.open_channel(self.amqp_url) as channel:
+        with self._checks() as channel:
             state = channel.queue_state(name)
         if state is None:
             raise errors.QueueNotFound(queue=name)
         return state
 
     def queue_exists(self, name: str) -> bool:
-        with amqp.open_channel(self.amqp_url) as channel:
+        with self._checks() as channel:
             return channel.queue_state(name) is not None
 
     def check_broker(self) -> None:
@@ -125,11 +140,11 @@ class DeadLetters:
         Raises:
             reliable.errors.BrokerConnectionError: RabbitMQ cannot be reached.
         """
-        with amqp.open_channel(self.amqp_url):
+        with self._checks():
             pass
 
     def _check_target(self, target: Target) -> None:
-        with amqp.open_channel(self.amqp_url) as channel:
+        with self._checks() as channel:
             if target.queue is not None and channel.queue_state(target.queue) is None:
                 msg = f"target queue {target.queue!r} does not exist; create it or pick another with --to"
                 raise errors.QueueNotFound(
@@ -199,7 +214,9 @@ class DeadLetters:
         size = batch_size or self.batch_size
         now = datetime.now(UTC)
         selected = 0
-        with amqp.QueueReader(self.amqp_url, queue, prefetch=size) as reader:
+        # Twice the batch in prefetch: the next batch is already on its way
+        # while this one waits for its confirms.
+        with amqp.QueueReader(self.amqp_url, queue, prefetch=2 * size) as reader:
             budget = _budget(reader, queue, scan_limit)
             taken = 0
             while taken < budget and (flt.limit is None or selected < flt.limit):
@@ -300,8 +317,36 @@ class DeadLetters:
             reliable.errors.ExchangeNotFound: The target exchange is missing.
             reliable.errors.BrokerConnectionError: RabbitMQ cannot be reached.
         """
-        flt = flt or Filter()
-        target = target or Target()
+        with self._checks():
+            return self._replay(
+                queue,
+                flt or Filter(),
+                target or Target(),
+                rate=rate,
+                max_replays=max_replays,
+                parking_lot=parking_lot,
+                parking_lot_type=parking_lot_type,
+                dry_run=dry_run,
+                stop=stop,
+                progress=progress,
+                command=command,
+            )
+
+    def _replay(
+        self,
+        queue: str,
+        flt: Filter,
+        target: Target,
+        *,
+        rate: float | None,
+        max_replays: int,
+        parking_lot: str | None,
+        parking_lot_type: Literal["classic", "quorum"],
+        dry_run: bool,
+        stop: Callable[[], bool] | None,
+        progress: Callable[[int], None] | None,
+        command: Command,
+    ) -> RunReport:
         started = time.monotonic()
         report = RunReport(
             command, queue, target.describe(), dry_run, flt.to_json(), datetime.now(UTC)
@@ -383,7 +428,7 @@ class DeadLetters:
         )
 
     def _declare_parking_lot(self, name: str, *, kind: str) -> None:
-        with amqp.open_channel(self.amqp_url) as channel:
+        with self._checks() as channel:
             if channel.queue_state(name) is not None:
                 return
             args = {"x-queue-type": kind} if kind == "quorum" else {}

@@ -59,7 +59,7 @@ def test_failed_celery_task_is_dead_lettered_shown_grouped_and_replayed(
 
     conn = connect(broker.amqp_url)
     ch = conn.channel()
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
         ids = [charge.apply_async((n,)).id for n in (1, 2)]
         other = app.send_task("shop.refund", (3,))  # unknown task: rejected too
         wait_depth(ch, DLQ, 3)
