@@ -29,7 +29,9 @@ from reliable.dlq import DeadLetters
 from reliable.management import ManagementClient
 
 AMQP = os.environ.get("RELIABLE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-MGMT = os.environ.get("RELIABLE_BENCH_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+MGMT = os.environ.get(
+    "RELIABLE_BENCH_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+)
 BODY = b"x" * 1024
 
 
@@ -40,14 +42,16 @@ def fill(url: str, n: int) -> None:
     ch.confirm_delivery()
     for i in range(n):
         # One confirm per message is slow but this is setup, not the measurement.
-        ch.basic_publish("", "work", BODY, pika.BasicProperties(delivery_mode=2, message_id=f"m{i}"))
+        ch.basic_publish(
+            "", "work", BODY, pika.BasicProperties(delivery_mode=2, message_id=f"m{i}")
+        )
     ch.basic_qos(prefetch_count=1000)
-    rejected = 0
-    for method, _props, _body in ch.consume("work", inactivity_timeout=2):
+    for rejected, (method, _props, _body) in enumerate(
+        ch.consume("work", inactivity_timeout=2), start=1
+    ):
         if method is None:
             break
         ch.basic_reject(method.delivery_tag, requeue=False)
-        rejected += 1
         if rejected == n:
             break
     ch.cancel()
@@ -80,7 +84,10 @@ def raw_replay(url: str, n: int, window: int = 500) -> float:
         ch.confirm_delivery(on_confirm, callback=lambda _f: start_consuming(ch))
 
     def start_consuming(ch: Any) -> None:
-        ch.basic_qos(prefetch_count=window, callback=lambda _f: ch.basic_consume("dlq", on_message))
+        ch.basic_qos(
+            prefetch_count=window,
+            callback=lambda _f: ch.basic_consume("dlq", on_message),
+        )
 
     def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
         ch.basic_publish("", "work", body, props, mandatory=True)
@@ -90,32 +97,45 @@ def raw_replay(url: str, n: int, window: int = 500) -> float:
     def on_confirm(frame: Any) -> None:
         method = frame.method
         tags = state["tags"]
-        upto = [t for t in tags if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        upto = (
+            [t for t in tags if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
         for seq in upto:
             state["ch"].basic_ack(tags.pop(seq))
             state["done"] += 1
         if state["done"] >= n:
             state["conn"].close()
 
-    conn = pika.SelectConnection(pika.URLParameters(url), on_open_callback=on_open,
-                                 on_close_callback=lambda c, _r: c.ioloop.stop())
+    conn = pika.SelectConnection(
+        pika.URLParameters(url),
+        on_open_callback=on_open,
+        on_close_callback=lambda c, _r: c.ioloop.stop(),
+    )
     state["conn"] = conn
     conn.ioloop.start()
     return time.perf_counter() - start
 
 
-def reliable_replay(url: str, rate: float | None = None, limit: int | None = None, batch_size: int = 500) -> tuple[float, int]:
+def reliable_replay(
+    url: str, rate: float | None = None, limit: int | None = None, batch_size: int = 500
+) -> tuple[float, int]:
     from reliable.dlq_filters import Filter
 
     start = time.perf_counter()
-    report = DeadLetters(url, batch_size=batch_size).replay("dlq", Filter(limit=limit) if limit else None, rate=rate)
+    report = DeadLetters(url, batch_size=batch_size).replay(
+        "dlq", Filter(limit=limit) if limit else None, rate=rate
+    )
     return time.perf_counter() - start, report.counts.get("replayed", 0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
+    parser.add_argument(
+        "--queue-type", choices=["classic", "quorum"], default="classic"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
@@ -131,10 +151,14 @@ def main() -> None:
         ch.exchange_declare("dlx", "fanout", durable=True)
         ch.queue_declare("dlq", durable=True, arguments=qargs)
         ch.queue_bind("dlq", "dlx")
-        ch.queue_declare("work", durable=True, arguments={**qargs, "x-dead-letter-exchange": "dlx"})
+        ch.queue_declare(
+            "work", durable=True, arguments={**qargs, "x-dead-letter-exchange": "dlx"}
+        )
         conn.close()
         n = args.messages
-        print(f"throughput: {n} dead letters of {len(BODY)} B, {args.queue_type} queues, RabbitMQ via {AMQP.split('@')[-1]}")
+        print(
+            f"throughput: {n} dead letters of {len(BODY)} B, {args.queue_type} queues, RabbitMQ via {AMQP.split('@')[-1]}"
+        )
         ratios = []
         for round_no in range(1, args.rounds + 1):
             fill(url, n)
@@ -146,18 +170,24 @@ def main() -> None:
             assert drain_work(url) == n
             raw_rate, rel_rate = n / raw_s, n / rel_s
             ratios.append(rel_rate / raw_rate)
-            print(f"  round {round_no}: raw pika {raw_rate:8.0f} msg/s ({raw_s:.2f}s)   "
-                  f"reliable {rel_rate:8.0f} msg/s ({rel_s:.2f}s)   ratio {rel_rate / raw_rate:.2f}")
-        print(f"  ratio reliable/raw: best {max(ratios):.2f}, worst {min(ratios):.2f} (goal >= 0.5)")
+            print(
+                f"  round {round_no}: raw pika {raw_rate:8.0f} msg/s ({raw_s:.2f}s)   "
+                f"reliable {rel_rate:8.0f} msg/s ({rel_s:.2f}s)   ratio {rel_rate / raw_rate:.2f}"
+            )
+        print(
+            f"  ratio reliable/raw: best {max(ratios):.2f}, worst {min(ratios):.2f} (goal >= 0.5)"
+        )
         print("rate limiting (asked vs achieved):")
-        for rate, count in ((100, 500), (500, 2500), (2000, 10000)):
+        for rate, count in ((100, 500), (500, 2500), (1000, 5000), (2000, 10000)):
             count = min(count, n)
             fill(url, count)
             secs, replayed = reliable_replay(url, rate=rate)
             drain_work(url)
             achieved = replayed / secs
-            print(f"  asked {rate:6.0f}/s  achieved {achieved:8.1f}/s  over {replayed} msgs in {secs:.2f}s  "
-                  f"error {100 * (achieved - rate) / rate:+.1f}% (goal within 5%)")
+            print(
+                f"  asked {rate:6.0f}/s  achieved {achieved:8.1f}/s  over {replayed} msgs in {secs:.2f}s  "
+                f"error {100 * (achieved - rate) / rate:+.1f}% (goal within 5%)"
+            )
     finally:
         mgmt.delete_vhost(vhost)
         mgmt.close()

@@ -28,7 +28,9 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from reliable import amqp, db, errors
+from reliable.dlq_discovery import delivery_limit
 from reliable.dlq_filters import DeadLetter, Filter, group_counts
+from reliable.dlq_guard import DeliveryLimitGuard
 from reliable.dlq_replay import (
     INCOMPLETE,
     Command,
@@ -39,6 +41,7 @@ from reliable.dlq_replay import (
     batch_size_for,
     label,
 )
+from reliable.management import ManagementClient
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class DeadLetters:
         *,
         database_url: str | None = None,
         db_schema: str = "reliable",
+        management_url: str | None = None,
         batch_size: int = 500,
         confirm_timeout_seconds: float = 30.0,
     ) -> None:
@@ -99,6 +103,8 @@ class DeadLetters:
         self.batch_size = batch_size
         self.confirm_timeout_seconds = confirm_timeout_seconds
         self._failures_available = database_url is not None
+        self.management_url = management_url
+        self._limits: dict[str, int | None] = {}
 
     # -- checks -------------------------------------------------------------------
 
@@ -160,6 +166,29 @@ class DeadLetters:
                     exchange=target.exchange,
                 )
 
+    def delivery_limit(self, queue: str) -> int | None:
+        """
+        The delivery limit *queue* enforces, if it is a quorum queue with one.
+
+        Read through the management API (arguments, effective policy, broker
+        version); without a management URL, or when the API fails, ``None``
+        and looks at a quorum DLQ are not protected (see `DeliveryLimitGuard`).
+        """
+        if self.management_url is None:
+            return None
+        if queue not in self._limits:
+            try:
+                with ManagementClient(self.management_url) as mgmt:
+                    info = mgmt.queue(vhost_of(self.amqp_url), queue)
+                    version = mgmt.broker_version() if info else None
+                self._limits[queue] = (
+                    delivery_limit(info, broker_version=version) if info else None
+                )
+            except errors.ManagementAPIError as exc:
+                logger.warning("cannot read the delivery limit of %r: %s", queue, exc)
+                self._limits[queue] = None
+        return self._limits[queue]
+
     # -- failure records ----------------------------------------------------------
 
     def attach_failures(self, letters: Sequence[DeadLetter]) -> None:
@@ -213,6 +242,49 @@ class DeadLetters:
         """
         size = batch_size or self.batch_size
         now = datetime.now(UTC)
+        limit = self.delivery_limit(queue)
+        guard = (
+            DeliveryLimitGuard(
+                self.amqp_url,
+                queue,
+                limit=limit,
+                confirm_timeout_seconds=self.confirm_timeout_seconds,
+            )
+            if limit is not None
+            else None
+        )
+        try:
+            self._scan_with(
+                queue,
+                flt,
+                report,
+                handle,
+                size,
+                now,
+                guard,
+                stop,
+                progress,
+                before_batch,
+                scan_limit,
+            )
+        finally:
+            if guard is not None:
+                guard.close()
+
+    def _scan_with(
+        self,
+        queue: str,
+        flt: Filter,
+        report: RunReport,
+        handle: Handler,
+        size: int,
+        now: datetime,
+        guard: DeliveryLimitGuard | None,
+        stop: Callable[[], bool] | None,
+        progress: Callable[[int], None] | None,
+        before_batch: Callable[[int], None] | None,
+        scan_limit: int | None,
+    ) -> None:
         selected = 0
         # Twice the batch in prefetch: the next batch is already on its way
         # while this one waits for its confirms.
@@ -241,9 +313,15 @@ class DeadLetters:
                 report.tally.add("not_selected", len(letters) - len(chosen))
                 report.tally.add("selected", len(chosen))
                 results = handle(chosen) if chosen else []
-                reader.ack([x.message.delivery_tag for x, _o, ack in results if ack])
+                acked = {x.message.delivery_tag for x, _o, ack in results if ack}
+                reader.ack(sorted(acked))
                 for _letter, outcome, _ack in results:
                     report.tally.add(outcome)
+                if guard is not None:
+                    held = [x for x in letters if x.message.delivery_tag not in acked]
+                    refreshed, failed = guard.protect(held, reader)
+                    report.tally.add("refreshed", refreshed)
+                    report.tally.add("refresh_failed", failed)
                 if progress is not None:
                     progress(len(letters))
 

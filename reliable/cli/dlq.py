@@ -134,6 +134,7 @@ def _letters(ctx: CliContext) -> DeadLetters:
         settings.amqp_url,
         database_url=settings.database_url or None,
         db_schema=settings.db_schema,
+        management_url=settings.management_url or None,
         confirm_timeout_seconds=settings.confirm_timeout_seconds,
     )
 

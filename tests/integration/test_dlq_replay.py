@@ -360,3 +360,55 @@ def test_timestamps_in_headers_survive_a_replay(broker, ch) -> None:
     assert props.headers["nested"] == {"l": [1, "a", b"\xff"]}
     assert isinstance(props.headers[HISTORY][0]["x-death"][0]["time"], datetime)
     assert pika  # drivers are allowed in tests
+
+
+def test_repeated_looks_at_a_quorum_dlq_with_a_delivery_limit_lose_nothing(
+    broker,
+) -> None:
+    conn = connect(broker.amqp_url)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "fanout", durable=True)
+    # No dead-letter exchange on the DLQ: past its limit a message would be dropped.
+    ch.queue_declare(
+        DLQ, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 2}
+    )
+    ch.queue_bind(DLQ, "dlx")
+    ch.queue_declare("work", durable=True, arguments={"x-dead-letter-exchange": "dlx"})
+    for i in range(3):
+        dead_letter(ch, "work", f"m{i}".encode(), message_id=f"m{i}", headers={"k": i})
+    wait_depth(ch, DLQ, 3)
+    guarded = DeadLetters(broker.amqp_url, management_url=broker.management_url)
+
+    reports = [guarded.peek(DLQ)[1] for _ in range(6)]
+    letters, _ = guarded.peek(DLQ)
+
+    assert sorted(x.message.properties.message_id for x in letters) == [
+        "m0",
+        "m1",
+        "m2",
+    ]
+    assert sum(r.counts.get("refreshed", 0) for r in reports) >= 3
+    assert all(x.headers["k"] == int(x.message.body[1:]) for x in letters)
+    assert all(x.origin.queue == "work" for x in letters)
+    conn.close()
+
+
+def test_without_the_guard_looks_would_drop_messages(broker) -> None:
+    conn = connect(broker.amqp_url)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "fanout", durable=True)
+    ch.queue_declare(
+        DLQ, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 2}
+    )
+    ch.queue_bind(DLQ, "dlx")
+    ch.queue_declare("work", durable=True, arguments={"x-dead-letter-exchange": "dlx"})
+    dead_letter(ch, "work", b"m", message_id="m")
+    wait_depth(ch, DLQ, 1)
+    unguarded = DeadLetters(broker.amqp_url)  # no management URL: limit unknown
+
+    for _ in range(4):
+        unguarded.peek(DLQ)
+
+    # This is what the guard prevents: the broker dropped the message.
+    wait_depth(ch, DLQ, 0)
+    conn.close()
