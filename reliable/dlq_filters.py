@@ -134,8 +134,8 @@ class DeadLetter:
             "size": len(self.message.body),
         }
 
-    def detail(self, now: datetime) -> dict[str, Any]:
-        """Everything `dlq show` prints, JSON-friendly."""
+    def detail(self, now: datetime, *, max_body: int | None = None) -> dict[str, Any]:
+        """Everything `dlq show` prints, JSON-friendly; the body cut at *max_body* bytes if given."""
         props = self.message.properties
         data = self.summary(now)
         data["exception_message"] = self.exception_message
@@ -159,7 +159,11 @@ class DeadLetter:
             if getattr(props, k) is not None
         }
         data["headers"] = plain(dict(self.headers))
-        data["body"] = render_body(self.message.body, props.content_type)
+        body = self.message.body
+        if max_body is not None and len(body) > max_body:
+            data["body_truncated_at"] = max_body
+            body = body[:max_body]
+        data["body"] = render_body(body, props.content_type)
         celery = celery_call(self.message.body) if self.task_name else None
         if celery is not None:
             data["celery"] = {"task": self.task_name, **celery}

@@ -2,225 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from reliable import dlq_archive, errors
-from reliable.cli import exit_codes, output
+from reliable.cli import output
 from reliable.cli.context import CliContext
-from reliable.dlq import DeadLetters, RunReport, Target, summarize, vhost_of
+from reliable.cli.dlq_options import (
+    SHOW_COLUMNS,
+    age,
+    build_filter,
+    build_target,
+    confirm,
+    filter_options,
+    finish,
+    graceful,
+    letters_for,
+    progress,
+    target_options,
+)
+from reliable.dlq import summarize, vhost_of
 from reliable.dlq_discovery import discover
-from reliable.dlq_filters import Filter, parse_duration, parse_header_filter
-from reliable.dlq_headers import REASONS
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def filter_options(fn: F) -> F:
-    """The selection options shared by show, replay, export, import, purge and move."""
-    options = [
-        click.option(
-            "--source-queue",
-            multiple=True,
-            help="Only messages that died in this queue (repeatable).",
-        ),
-        click.option(
-            "--reason",
-            multiple=True,
-            type=click.Choice(REASONS),
-            help="Only this dead-letter reason (repeatable).",
-        ),
-        click.option(
-            "--older-than",
-            metavar="AGE",
-            help="Only messages that died longer ago than AGE (30s, 5m, 2h, 7d).",
-        ),
-        click.option(
-            "--newer-than", metavar="AGE", help="Only messages that died within AGE."
-        ),
-        click.option(
-            "--header",
-            "header_filters",
-            multiple=True,
-            metavar="K=V",
-            help="Only messages whose header K equals V (repeatable, all must hold).",
-        ),
-        click.option(
-            "--task",
-            multiple=True,
-            help="Only Celery tasks of this name (headers['task']).",
-        ),
-        click.option(
-            "--exception",
-            multiple=True,
-            metavar="TYPE",
-            help="Only tasks whose failure record has this exception type (needs a database).",
-        ),
-        click.option(
-            "--message-id",
-            multiple=True,
-            metavar="ID",
-            help="Only this message_id / correlation_id / task id.",
-        ),
-        click.option(
-            "--limit",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Act on at most N matching messages.",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def build_filter(kw: dict[str, Any], *, default_limit: int | None = None) -> Filter:
-    try:
-        return Filter(
-            source_queues=tuple(kw.pop("source_queue", ())),
-            reasons=tuple(kw.pop("reason", ())),
-            older_than_seconds=_duration(kw.pop("older_than", None)),
-            newer_than_seconds=_duration(kw.pop("newer_than", None)),
-            headers=tuple(parse_header_filter(h) for h in kw.pop("header_filters", ())),
-            tasks=tuple(kw.pop("task", ())),
-            exceptions=tuple(kw.pop("exception", ())),
-            message_ids=tuple(kw.pop("message_id", ())),
-            limit=kw.pop("limit", None) or default_limit,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _duration(value: str | None) -> float | None:
-    return parse_duration(value) if value else None
-
-
-def target_options(fn: F) -> F:
-    fn = click.option(
-        "--routing-key", default="", help="Routing key with --to-exchange."
-    )(fn)
-    fn = click.option(
-        "--to-exchange",
-        default=None,
-        help="Publish to this exchange instead of the origin.",
-    )(fn)
-    return click.option(
-        "--to",
-        "to_queue",
-        default=None,
-        help="Publish to this queue instead of the origin.",
-    )(fn)
-
-
-def build_target(
-    to_queue: str | None, to_exchange: str | None, routing_key: str
-) -> Target:
-    if to_queue is not None and to_exchange is not None:
-        msg = "give --to or --to-exchange, not both"
-        raise click.UsageError(msg)
-    return Target(queue=to_queue, exchange=to_exchange, routing_key=routing_key)
-
-
-def _letters(ctx: CliContext) -> DeadLetters:
-    settings = ctx.settings
-    return DeadLetters(
-        settings.amqp_url,
-        database_url=settings.database_url or None,
-        db_schema=settings.db_schema,
-        management_url=settings.management_url or None,
-        confirm_timeout_seconds=settings.confirm_timeout_seconds,
-    )
-
-
-class _Stop:
-    """Set by SIGINT/SIGTERM: the run finishes its in-flight batch, then stops."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
-@contextlib.contextmanager
-def _graceful() -> Iterator[_Stop]:
-    stop = _Stop()
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: give up waiting
-        stop.requested = True
-        output.note("stopping after the in-flight messages are confirmed ...")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not output.interactive():
-        msg = "refusing to change queues without a terminal; pass --yes"
-        raise click.UsageError(msg)
-    if not click.confirm(question, default=False, err=True):
-        raise click.exceptions.Exit(exit_codes.EXIT_FAILURE)
-
-
-def _finish(report: RunReport, output_format: output.OutputFormat) -> None:
-    """Print the summary (and the plan of a dry run) and exit with the right code."""
-    if output_format == "json":
-        output.echo_json(report.to_json())
-    else:
-        if report.dry_run and report.plan:
-            output.render_rows(
-                report.plan,
-                columns=PLAN_COLUMNS,
-                output="table",
-                title="dry run: nothing was changed",
-            )
-        rows = [{"outcome": k, "count": v} for k, v in sorted(report.counts.items())]
-        title = f"{report.command} {report.queue}" + (
-            " (dry run)" if report.dry_run else ""
-        )
-        output.render_rows(
-            rows,
-            columns=[("outcome", "outcome"), ("count", "count")],
-            output="table",
-            title=title,
-        )
-        for problem in report.tally.problems:
-            output.note(f"  {problem}")
-        for warning in report.warnings:
-            output.note(f"note: {warning}")
-    if report.interrupted:
-        raise click.exceptions.Exit(exit_codes.EXIT_INTERRUPTED)
-    if not report.complete:
-        raise click.exceptions.Exit(exit_codes.EXIT_INCOMPLETE)
-
-
-PLAN_COLUMNS = [("id", "message"), ("from", "from"), ("to", "to"), ("action", "action")]
-SHOW_COLUMNS = [
-    ("message_id", "message_id"),
-    ("task", "task"),
-    ("source_queue", "source queue"),
-    ("reason", "reason"),
-    ("death_count", "deaths"),
-    ("last_death", "last death"),
-    ("replay_count", "replays"),
-    ("exception_type", "exception"),
-    ("size", "bytes"),
-]
 
 
 @click.group("dlq")
@@ -251,7 +57,7 @@ def list_cmd(
     output_format: output.OutputFormat,
 ) -> None:
     """List dead-letter queues (found from DLX arguments and policies, or named) with depth, age and counts."""
-    letters = _letters(ctx)
+    letters = letters_for(ctx)
     letters.check_broker()
     found: dict[str, dict[str, Any]] = {}
     if not queues:
@@ -287,7 +93,7 @@ def list_cmd(
                 f"{next(iter(g.values()))}: {g['count']}" for g in row.get(key) or []
             )
         row["sources"] = ", ".join(row["sources"])
-        row["oldest"] = _age(row.get("oldest_age_seconds"))
+        row["oldest"] = age(row.get("oldest_age_seconds"))
     output.render_rows(
         rows,
         columns=[
@@ -304,15 +110,6 @@ def list_cmd(
         title="dead-letter queues",
         empty="no dead-letter queues found",
     )
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 @dlq_group.command("show")
@@ -333,7 +130,7 @@ def show_cmd(
 ) -> None:
     """Show dead letters with their origin; the queue keeps the same messages in the same order."""
     flt = build_filter(kw, default_limit=20)
-    letters, _ = _letters(ctx).peek(queue, flt)
+    letters, _ = letters_for(ctx).peek(queue, flt)
     now = datetime.now(UTC)
     if output_format == "json":
         output.echo_json([x.detail(now) for x in letters])
@@ -348,11 +145,9 @@ def show_cmd(
         )
         return
     for letter in letters:
-        output.show_record(letter.detail(now))
-
-
-def _progress(total: int | None, label: str, output_format: output.OutputFormat) -> Any:
-    return output.progress(label, total, enabled=output_format != "json")
+        # A terminal cannot usefully show megabytes; `--output json` and
+        # `dlq export` give the whole body.
+        output.show_record(letter.detail(now, max_body=64 * 1024))
 
 
 @dlq_group.command("replay")
@@ -409,16 +204,16 @@ def replay_cmd(
     """Republish dead letters to their queue of origin (or --to), acking each after its confirm."""
     flt = build_filter(kw)
     target = build_target(to_queue, to_exchange, routing_key)
-    letters = _letters(ctx)
+    letters = letters_for(ctx)
     depth = letters.check_queue(queue).message_count
     if not dry_run:
-        _confirm(
+        confirm(
             f"replay up to {depth} message(s) from {queue!r} to {target.describe()}?",
             yes,
         )
     with (
-        _graceful() as stop,
-        _progress(depth, f"replaying {queue}", output_format) as advance,
+        graceful() as stop,
+        progress(depth, f"replaying {queue}", output_format) as advance,
     ):
         report = letters.replay(
             queue,
@@ -432,7 +227,7 @@ def replay_cmd(
             stop=stop,
             progress=advance,
         )
-    _finish(report, output_format)
+    finish(report, output_format)
 
 
 @dlq_group.command("move")
@@ -462,15 +257,15 @@ def move_cmd(
 ) -> None:
     """Move messages from SOURCE to queue DESTINATION unchanged, acking each after its confirm."""
     flt = build_filter(kw)
-    letters = _letters(ctx)
+    letters = letters_for(ctx)
     depth = letters.check_queue(source).message_count
     if not dry_run:
-        _confirm(
+        confirm(
             f"move up to {depth} message(s) from {source!r} to {destination!r}?", yes
         )
     with (
-        _graceful() as stop,
-        _progress(depth, f"moving {source}", output_format) as advance,
+        graceful() as stop,
+        progress(depth, f"moving {source}", output_format) as advance,
     ):
         report = letters.move(
             source,
@@ -481,7 +276,7 @@ def move_cmd(
             stop=stop,
             progress=advance,
         )
-    _finish(report, output_format)
+    finish(report, output_format)
 
 
 @dlq_group.command("purge")
@@ -508,14 +303,14 @@ def purge_cmd(
 ) -> None:
     """Delete all dead letters of QUEUE, or with filters only the matching ones."""
     flt = build_filter(kw)
-    letters = _letters(ctx)
+    letters = letters_for(ctx)
     depth = letters.check_queue(queue).message_count
     if not dry_run:
         what = "all" if flt.selects_all and flt.limit is None else "the matching"
-        _confirm(f"delete {what} of {depth} message(s) in {queue!r}?", yes)
-    with _graceful() as stop:
+        confirm(f"delete {what} of {depth} message(s) in {queue!r}?", yes)
+    with graceful() as stop:
         report = letters.purge(queue, flt, dry_run=dry_run, stop=stop)
-    _finish(report, output_format)
+    finish(report, output_format)
 
 
 @dlq_group.command("export")
@@ -549,18 +344,18 @@ def export_cmd(
 ) -> None:
     """Write dead letters to a JSON Lines file, losslessly (bodies base64, typed headers)."""
     flt = build_filter(kw)
-    letters = _letters(ctx)
+    letters = letters_for(ctx)
     depth = letters.check_queue(queue).message_count
     if remove:
-        _confirm(f"export and remove up to {depth} message(s) from {queue!r}?", yes)
+        confirm(f"export and remove up to {depth} message(s) from {queue!r}?", yes)
     with (
-        _graceful() as stop,
-        _progress(depth, f"exporting {queue}", output_format) as advance,
+        graceful() as stop,
+        progress(depth, f"exporting {queue}", output_format) as advance,
     ):
         report = dlq_archive.export(
             letters, queue, path, flt, remove=remove, stop=stop, progress=advance
         )
-    _finish(report, output_format)
+    finish(report, output_format)
 
 
 @dlq_group.command("import")
@@ -599,11 +394,11 @@ def import_cmd(
         msg = f"file {str(path)!r} does not exist; check the path"
         raise errors.DecodeError(msg, reason="missing")
     if not dry_run:
-        _confirm(f"publish the messages of {path.name!r} to {target.describe()}?", yes)
-    letters = _letters(ctx)
+        confirm(f"publish the messages of {path.name!r} to {target.describe()}?", yes)
+    letters = letters_for(ctx)
     with (
-        _graceful() as stop,
-        _progress(None, f"importing {path.name}", output_format) as advance,
+        graceful() as stop,
+        progress(None, f"importing {path.name}", output_format) as advance,
     ):
         report = dlq_archive.import_file(
             letters,
@@ -615,7 +410,7 @@ def import_cmd(
             stop=stop,
             progress=advance,
         )
-    _finish(report, output_format)
+    finish(report, output_format)
 
 
 @dlq_group.command("history")
@@ -627,7 +422,7 @@ def history_cmd(
     ctx: CliContext, queue: str | None, limit: int, output_format: output.OutputFormat
 ) -> None:
     """List audited dlq runs (needs a database), newest first."""
-    rows = _letters(ctx).history(queue=queue, limit=limit)
+    rows = letters_for(ctx).history(queue=queue, limit=limit)
     output.render_rows(
         rows,
         columns=[

@@ -285,3 +285,49 @@ def test_export_remove_then_import_round_trips_byte_for_byte(
     assert set(headers) <= set(props.headers)
     assert back["text"][1] == "ünïcode".encode()
     assert back["text"][0].content_type == "text/plain"
+
+
+def test_huge_and_oddly_typed_messages_are_shown_and_moved_intact(broker, ch) -> None:
+    huge = bytes(range(256)) * 32768  # 8 MiB, not UTF-8
+    weird = {"x-death": "truncated", "n": Decimal("-0.5"), "t": datetime(2030, 1, 1, tzinfo=UTC), "list": [[], {}]}
+    dead_letter(ch, "work", huge, message_id="huge")
+    publish(ch, DLQ, b"\xc3\x28", message_id="weird", headers=weird)
+    wait_depth(ch, DLQ, 2)
+
+    shown = run(broker, "show", DLQ, "--full")
+    shown_json = run(broker, "show", DLQ, "--output", "json")
+    replay = run(broker, "replay", DLQ, "--yes")
+    moved = run(broker, "move", DLQ, "other", "--yes")
+
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback" not in shown.stderr + shown_json.stderr
+    kinds = {d["message_id"]: d["body"]["kind"] for d in json.loads(shown_json.stdout)}
+    assert kinds == {"huge": "base64", "weird": "base64"}
+    assert "body_truncated_at: 65536" in shown.stdout
+    assert replay.returncode == 8  # the weird one has no origin and stays
+    assert "weird: no x-death and no --to" in replay.stderr
+    assert moved.returncode == 0, moved.stderr
+    [(props, body)] = drain(ch, "work")
+    assert (props.message_id, body) == ("huge", huge)
+    [(props, body)] = drain(ch, "other")
+    assert body == b"\xc3\x28"
+    assert props.headers["n"] == Decimal("-0.5")
+    assert props.headers["x-death"] == "truncated"
+
+
+def test_runs_are_audited_when_a_database_is_configured(broker, ch, database) -> None:
+    dead_letter(ch, "work", b"x", message_id="x")
+    wait_depth(ch, DLQ, 1)
+    db = ["--database-url", database.url, "--db-schema", database.schema]
+
+    def run_db(*args):
+        cmd = [sys.executable, "-m", "reliable", "--amqp-url", broker.amqp_url, *db, "dlq", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    replay = run_db("replay", DLQ, "--yes", "--reason", "rejected")
+    history = run_db("history", "--output", "json")
+
+    assert replay.returncode == 0, replay.stderr
+    [row] = json.loads(history.stdout)
+    assert (row["command"], row["queue"], row["counts"]["replayed"]) == ("replay", DLQ, 1)
+    assert row["filters"] == {"reason": ["rejected"]}
