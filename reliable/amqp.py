@@ -26,6 +26,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
+import pika.compat
 import pika.exceptions
 import pika.spec
 
@@ -129,6 +130,15 @@ class Properties:
             app_id=props.app_id,
             cluster_id=props.cluster_id,
         )
+
+
+def long_int(value: int) -> int:
+    """
+    *value* as pika's ``long`` (an ``int`` subclass), which pika encodes as a
+    64-bit ``l`` field; a plain ``int`` is encoded as 32-bit ``I`` when it fits.
+    Decoded ``l``/``L`` header values come back as this type.
+    """
+    return pika.compat.long(value)  # type: ignore[no-any-return]  # pika is untyped
 
 
 def _timestamp(value: object) -> int | None:
@@ -425,13 +435,26 @@ class ConfirmingPublisher:
         if batch.finished():
             self._conn.ioloop.stop()
 
-    def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
+    def _on_return(self, _channel: Any, method: Any, props: Any, body: bytes) -> None:
         batch = self._batch
         if batch is None:
             return
         reason = f"{method.reply_code} {method.reply_text}"
-        for i in batch.by_message_id.get(props.message_id or "", []):
-            batch.returned[i] = reason
+        if props.message_id:
+            for i in batch.by_message_id.get(props.message_id, []):
+                batch.returned[i] = reason
+            return
+        # Without a message_id (Celery sets none) the return is matched by
+        # content; every identical in-flight message is marked, since a false
+        # "returned" only leaves a message where it was, a missed one loses it.
+        for i, message in enumerate(batch.messages):
+            if (
+                not message.message_id
+                and message.exchange == method.exchange
+                and message.routing_key == method.routing_key
+                and message.body == body
+            ):
+                batch.returned[i] = reason
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         text = redact_text(str(reason))
@@ -815,6 +838,194 @@ class Channel:
         with contextlib.suppress(Exception):
             if self._channel.is_open:
                 self._channel.close()
+
+
+class QueueReader:
+    """
+    Take messages from one queue and hold them unacknowledged until told otherwise.
+
+    Built for tools that look at a queue without consuming it: whatever is not
+    acked goes back when the reader closes. Closing the channel (rather than
+    ``basic.nack(requeue=True)``) matters: a classic queue puts returned messages
+    back at their old positions, and a quorum queue puts channel-close returns
+    at the front in order, while a nack-requeue on a quorum queue (3.10+, no
+    delivery limit) appends them at the back. Quorum queues count each return
+    in ``x-delivery-count``.
+
+    Messages held without an ack use up the consumer's prefetch; when every
+    slot is held the reader starts a new consumer with a larger prefetch (the
+    old one is cancelled only when nothing is in flight, so pika has no
+    undelivered message to reject).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        *,
+        prefetch: int = 500,
+        connect_timeout_seconds: float = 10.0,
+    ) -> None:
+        if prefetch < 1:
+            msg = f"prefetch must be at least 1, got {prefetch}"
+            raise ValueError(msg)
+        self._url = url
+        self._queue = queue
+        self._base_prefetch = prefetch
+        self._timeout = connect_timeout_seconds
+        self._connection: Any = None
+        self._channel: Any = None
+        self._consumer_tag: str | None = None
+        self._prefetch = 0
+        self._buffer: list[IncomingMessage] = []
+        self._delivered = 0
+        self._acked = 0
+        self._unacked: set[int] = set()
+
+    def __enter__(self) -> QueueReader:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def outstanding(self) -> int:
+        """Messages received and neither acked nor released."""
+        return self._delivered - self._acked
+
+    def open(self) -> QueueState:
+        """
+        Connect and check that the queue exists; nothing is taken yet.
+
+        Raises:
+            reliable.errors.BrokerConnectionError: RabbitMQ cannot be reached.
+            reliable.errors.BrokerRefused: The queue does not exist (404).
+        """
+        params = connection_parameters(self._url, connect_timeout_seconds=self._timeout)
+        try:
+            self._connection = pika.BlockingConnection(params)
+            self._channel = self._connection.channel()
+        except Exception as exc:
+            self.close()
+            raise _connection_error(exc, self._url) from None
+        return self.state()
+
+    def state(self) -> QueueState:
+        """The queue's ready count, read by a passive declare on a side channel."""
+        try:
+            side = self._connection.channel()
+            try:
+                frame = side.queue_declare(self._queue, passive=True)
+            finally:
+                with contextlib.suppress(Exception):
+                    if side.is_open:
+                        side.close()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            msg = f"check queue {self._queue!r}"
+            raise _refused(msg, exc) from None
+        except pika.exceptions.AMQPError as exc:
+            raise _connection_error(exc, self._url) from None
+        return QueueState(
+            self._queue, frame.method.message_count, frame.method.consumer_count
+        )
+
+    def _on_message(self, _ch: Any, method: Any, props: Any, body: bytes) -> None:
+        self._delivered += 1
+        self._unacked.add(method.delivery_tag)
+        self._buffer.append(
+            IncomingMessage(
+                delivery_tag=method.delivery_tag,
+                redelivered=bool(method.redelivered),
+                exchange=method.exchange,
+                routing_key=method.routing_key,
+                body=bytes(body or b""),
+                properties=Properties.from_pika(props),
+            )
+        )
+
+    def _consume(self) -> None:
+        prefetch = self.outstanding + self._base_prefetch
+        if self._consumer_tag is not None:
+            # Only called when every prefetch slot is held, so nothing is in
+            # flight and pika has no undelivered message to reject on cancel.
+            self._channel.basic_cancel(self._consumer_tag)
+        self._channel.basic_qos(prefetch_count=prefetch)
+        self._consumer_tag = self._channel.basic_consume(
+            self._queue, self._on_message, auto_ack=False
+        )
+        self._prefetch = prefetch
+
+    def take(
+        self, max_count: int, *, idle_seconds: float = 0.25
+    ) -> list[IncomingMessage]:
+        """
+        Return up to *max_count* messages (fewer once none arrives for *idle_seconds*).
+
+        An empty list means the queue had nothing ready for this reader.
+        """
+        try:
+            return self._take(max_count, idle_seconds)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            msg = f"consume from queue {self._queue!r}"
+            raise _refused(msg, exc) from None
+        except pika.exceptions.AMQPError as exc:
+            raise _connection_error(exc, self._url) from None
+
+    def _take(self, max_count: int, idle_seconds: float) -> list[IncomingMessage]:
+        if self._consumer_tag is None:
+            self._consume()
+        last_arrival = time.monotonic()
+        seen = len(self._buffer)
+        while len(self._buffer) < max_count:
+            if self.outstanding >= self._prefetch:
+                self._consume()  # every slot held: widen the window
+            self._connection.process_data_events(time_limit=0.005)
+            if len(self._buffer) != seen:
+                seen = len(self._buffer)
+                last_arrival = time.monotonic()
+            elif time.monotonic() - last_arrival >= idle_seconds:
+                break
+        taken, self._buffer = self._buffer[:max_count], self._buffer[max_count:]
+        return taken
+
+    def ack(self, delivery_tags: Sequence[int]) -> None:
+        """
+        Acknowledge (remove) the given messages; held ones stay unacked.
+
+        Tags below the lowest held message go in one ``multiple`` ack (a
+        blocking ack per message costs a loop turn each); the rest one by one.
+        """
+        tags = sorted(set(delivery_tags) & self._unacked)
+        if not tags:
+            return
+        held = self._unacked.difference(tags)
+        lowest_held = min(held) if held else None
+        upto = [t for t in tags if lowest_held is None or t < lowest_held]
+        try:
+            if upto:
+                self._channel.basic_ack(upto[-1], multiple=True)
+            for tag in tags[len(upto) :]:
+                self._channel.basic_ack(tag)
+        except pika.exceptions.AMQPError as exc:
+            raise _connection_error(exc, self._url) from None
+        self._unacked.difference_update(tags)
+        self._acked += len(tags)
+
+    def poll(self) -> None:
+        """Answer heartbeats while the caller is busy elsewhere."""
+        with contextlib.suppress(Exception):
+            self._connection.process_data_events(time_limit=0)
+
+    def close(self) -> None:
+        """Close the channel and connection: every held message goes back to the queue."""
+        connection, self._connection = self._connection, None
+        self._channel = None
+        self._consumer_tag = None
+        if connection is None:
+            return
+        with contextlib.suppress(Exception):
+            connection.close()
 
 
 @contextlib.contextmanager

@@ -112,6 +112,26 @@ class BrokerRefused(BrokerError):
         super().__init__(message)
 
 
+class QueueNotFound(BrokerRefused):
+    """A queue the operation needs does not exist."""
+
+    def __init__(self, message: str | None = None, *, queue: str = "") -> None:
+        self.queue = queue
+        if message is None:
+            message = f"queue {queue!r} does not exist; check the name and the vhost in the AMQP URL"
+        super().__init__(message, reply_code=404, reply_text="NOT_FOUND")
+
+
+class ExchangeNotFound(BrokerRefused):
+    """An exchange the operation needs does not exist."""
+
+    def __init__(self, message: str | None = None, *, exchange: str = "") -> None:
+        self.exchange = exchange
+        if message is None:
+            message = f"exchange {exchange!r} does not exist; check the name and the vhost in the AMQP URL"
+        super().__init__(message, reply_code=404, reply_text="NOT_FOUND")
+
+
 class PublishNotConfirmed(BrokerError):
     """RabbitMQ nacked a publish, or its confirm did not arrive in time."""
 

@@ -127,6 +127,7 @@ def _register() -> None:
     # Imported here, not at module top, so `reliable.cli` stays importable
     # while a sub-command module is being edited; each adds its own group.
     from reliable.cli.db import db_group
+    from reliable.cli.dlq import dlq_group
     from reliable.cli.inbox import inbox_group
     from reliable.cli.outbox import outbox_group
     from reliable.cli.topology import topology_group
@@ -135,6 +136,7 @@ def _register() -> None:
     cli.add_command(topology_group)
     cli.add_command(outbox_group)
     cli.add_command(inbox_group)
+    cli.add_command(dlq_group)
 
 
 _register()

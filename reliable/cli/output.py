@@ -112,3 +112,21 @@ def progress(
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def show_record(record: Mapping[str, Any]) -> None:
+    """One message in detail (``dlq show --full``): summary fields, then headers and body as JSON."""
+    console = stdout()
+    console.rule(str(record.get("message_id") or record.get("task_id") or "message"))
+    for key, value in record.items():
+        if key in ("headers", "properties", "body", "deaths", "celery"):
+            continue
+        if value not in (None, [], ""):
+            console.print(f"{key}: {_cell(value)}", markup=False)
+    for key in ("celery", "deaths", "properties", "headers", "body"):
+        if record.get(key) not in (None, [], {}):
+            console.print(f"{key}:", markup=False)
+            console.print(
+                json.dumps(record[key], indent=2, default=str, ensure_ascii=False),
+                markup=False,
+            )
