@@ -10,6 +10,10 @@ Sections (kept apart so they can be merged independently):
 * beat: `ReliableScheduler` gives each schedule slot a deterministic task id;
 * topology: `celery_queues` turns a topology into kombu queues for
   ``task_queues``.
+
+The plain-Python parts live in `reliable.taskrun` (one execution in one
+transaction) and `reliable.task_support` (settings, message conversion, slot
+ids), so this module holds only what touches Celery or kombu.
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ import copy
 import functools
 import inspect
 import logging
-import math
 import traceback as tb
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,13 @@ from kombu.transport import base as kombu_base
 
 from reliable import db, errors, taskrun
 from reliable.inbox import DEFAULT_RESULT_MAX_BYTES
-from reliable.outbox import PROPERTY_NAMES, OutboxMessage, check_json
+from reliable.task_support import (
+    REQUIRED_TASK_SETTINGS,
+    beat_task_id,
+    check_settings,
+    outbox_message,
+    queue_name,
+)
 
 if TYPE_CHECKING:
     from reliable.app import Reliable
@@ -50,20 +58,6 @@ logger = logging.getLogger(__name__)
 # =====================================================================================
 # Effectively-once tasks
 # =====================================================================================
-
-#: Per-task settings every effectively-once task runs with, and why:
-#: ack only after the body's transaction committed (acks_late); a failure is
-#: rejected without requeue so it reaches the queue's dead-letter exchange
-#: instead of being acked away (acks_on_failure*); a killed worker process
-#: requeues the message, which the inbox makes safe: a body that committed is
-#: skipped on redelivery, one that did not is rolled back and runs again.
-REQUIRED_TASK_SETTINGS: dict[str, bool] = {
-    "acks_late": True,
-    "acks_on_failure_or_timeout": False,
-    "acks_on_failure": False,
-    "acks_on_timeout": False,
-    "reject_on_worker_lost": True,
-}
 
 #: Options of `make_task` that are ours, not Celery's.
 _OWN_OPTIONS = frozenset({"consumer", "dedupe_key", "result_max_bytes"})
@@ -126,21 +120,6 @@ def record_failure(
             task_id,
             extra={"action": "task_failure_not_recorded", "task_id": task_id},
         )
-
-
-def queue_name(routing_key: str | None) -> str | None:
-    """
-    The queue a message was routed to, from its routing key.
-
-    Native delayed delivery prefixes the key with 28 ``0``/``1`` levels
-    (facts §3.4); drop them so failures group by the real queue.
-    """
-    if not routing_key:
-        return routing_key
-    parts = routing_key.split(".")
-    if len(parts) > 28 and all(p in ("0", "1") for p in parts[:28]):
-        return ".".join(parts[28:])
-    return routing_key
 
 
 def _body_signature(body: Callable[..., Any], *, bind: bool) -> inspect.Signature:
@@ -242,40 +221,6 @@ def make_task(rel: Reliable, body: Callable[..., Any], options: dict[str, Any]) 
     return task
 
 
-def check_settings(app: Any, tasks: list[Any]) -> list[str]:
-    """
-    Problems with app settings that would defeat effectively-once tasks.
-
-    Checked at worker start (``worker_init``); each problem is logged as a
-    warning. Per-task attributes are set by the decorator, so this looks for
-    what can still override or undermine them: eager mode, task annotations,
-    and retries published without publisher confirms.
-    """
-    conf = app.conf
-    problems: list[str] = []
-    if conf.task_always_eager:
-        problems.append(
-            "task_always_eager=True runs tasks in the caller without the broker, acks or the "
-            "inbox transaction semantics; disable it outside unit tests"
-        )
-    for task in tasks:
-        for name, required in REQUIRED_TASK_SETTINGS.items():
-            actual = getattr(task, name, None)
-            if actual is not None and actual != required:
-                problems.append(
-                    f"task {task.name!r} has {name}={actual!r} (task_annotations?), "
-                    f"effectively-once tasks need {required!r}; remove the override"
-                )
-    options = conf.broker_transport_options or {}
-    if not options.get("confirm_publish"):
-        problems.append(
-            "broker_transport_options has no confirm_publish=True: a retry (self.retry or "
-            "autoretry) is published unconfirmed and the original message is then acked, so "
-            "a lost retry loses the task; set broker_transport_options={'confirm_publish': True}"
-        )
-    return problems
-
-
 def connect_startup_check(rel: Reliable) -> None:
     """Log `check_settings` problems when a worker of ``rel.celery_app`` starts."""
 
@@ -295,9 +240,6 @@ def connect_startup_check(rel: Reliable) -> None:
 # =====================================================================================
 # Outbox enqueue: Celery builds the message, the outbox stores it
 # =====================================================================================
-
-#: Celery's native delayed delivery publishes countdown/eta tasks here (facts §3.4).
-NATIVE_DELAY_EXCHANGE = "celery_delayed_27"
 
 
 class _CaptureChannel:
@@ -414,63 +356,6 @@ def capture(
     return str(result.id), connection.captured
 
 
-def outbox_message(
-    captured: dict[str, Any], *, now: datetime | None = None
-) -> OutboxMessage:
-    """Turn one captured Celery message into an outbox row (message id = task id)."""
-    headers = dict(captured["headers"])
-    task_id = str(headers.get("id") or "")
-    if not task_id:
-        msg = "celery produced a message without a task id; only task protocol 2 is supported"
-        raise ValueError(msg)
-    body = captured["body"]
-    encoding = captured["content_encoding"]
-    if isinstance(body, str):
-        body = body.encode(encoding if encoding and encoding != "binary" else "utf-8")
-    properties: dict[str, Any] = {
-        k: v for k, v in captured["properties"].items() if v is not None
-    }
-    unknown = set(properties) - PROPERTY_NAMES
-    if unknown:
-        msg = f"celery message has properties the outbox cannot store: {sorted(unknown)!r}"
-        raise ValueError(msg)
-    if captured["content_type"]:
-        properties["content_type"] = captured["content_type"]
-    if encoding:
-        properties["content_encoding"] = encoding
-    check_json(headers, "celery message headers")
-    properties["headers"] = headers
-    exchange = captured["exchange"]
-    exchange = getattr(exchange, "name", exchange) or ""
-    return OutboxMessage(
-        message_id=task_id,
-        exchange=str(exchange),
-        routing_key=str(captured["routing_key"] or ""),
-        body=bytes(body),
-        properties=properties,
-        delay_seconds=_row_delay(str(exchange), headers.get("eta"), now=now),
-    )
-
-
-def _row_delay(exchange: str, eta: Any, *, now: datetime | None) -> float:
-    """
-    Seconds the relay holds the row: until the task's ETA, unless the broker delays it.
-
-    When Celery routed the message through native delayed delivery (quorum
-    queues behind a non-direct exchange), the delay is encoded in the routing
-    key and the broker waits; the row goes out at once. Otherwise the relay
-    publishes at the ETA and the ``eta`` header is kept, so a worker still
-    honours it but never holds the message in memory for long.
-    """
-    if exchange == NATIVE_DELAY_EXCHANGE or not eta:
-        return 0.0
-    due = datetime.fromisoformat(str(eta))
-    if due.tzinfo is None:
-        due = due.replace(tzinfo=UTC)
-    seconds = (due - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else 0.0
-
-
 def enqueue(
     outbox: Outbox, conn: db.Connection, signature: Any, *, task_id: str | None = None
 ) -> str:
@@ -489,9 +374,6 @@ def enqueue(
 # Beat: one task id per schedule slot
 # =====================================================================================
 
-#: Namespace of beat task ids (uuid5), so ids are stable across processes and hosts.
-BEAT_NAMESPACE = uuid.UUID("6f0c7d3e-2b1a-5c9e-9b7e-0d4c1e2f3a5b")
-
 
 def slot_seconds(schedule: Any) -> float:
     """The width of one schedule slot: the interval, or one minute for crontab/solar."""
@@ -502,17 +384,6 @@ def slot_seconds(schedule: Any) -> float:
         if every is not None:
             return max(1.0, float(every.total_seconds()))
     return 60.0
-
-
-def beat_task_id(entry_name: str, when: datetime, width_seconds: float) -> str:
-    """
-    The task id of the *entry_name* run due in the slot containing *when*.
-
-    Slots are ``floor(unix time / width)``: two beat processes firing the
-    same entry in the same slot produce the same id, and the inbox runs it once.
-    """
-    slot = math.floor(when.timestamp() / width_seconds)
-    return str(uuid.uuid5(BEAT_NAMESPACE, f"{entry_name}|{width_seconds:g}|{slot}"))
 
 
 class ReliableScheduler(celery.beat.PersistentScheduler):

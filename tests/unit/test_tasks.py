@@ -11,7 +11,7 @@ import pytest
 from celery import Celery, chain, group
 from celery.schedules import crontab, schedule
 
-from reliable import Reliable, errors, tasks
+from reliable import Reliable, errors, task_support, tasks
 from reliable.inbox import encode_result
 from reliable.taskrun import TaskSpec
 
@@ -213,12 +213,12 @@ def test_countdown_becomes_the_row_delay_and_keeps_the_eta_header(
 
 def test_native_delayed_delivery_leaves_the_delay_to_the_broker() -> None:
     assert (
-        tasks._row_delay(
-            tasks.NATIVE_DELAY_EXCHANGE, "2999-01-01T00:00:00+00:00", now=None
+        task_support._row_delay(
+            task_support.NATIVE_DELAY_EXCHANGE, "2999-01-01T00:00:00+00:00", now=None
         )
         == 0.0
     )
-    assert tasks._row_delay("", "2999-01-01T00:00:00+00:00", now=None) > 0
+    assert task_support._row_delay("", "2999-01-01T00:00:00+00:00", now=None) > 0
 
 
 def test_chain_stores_its_first_task_and_returns_the_chain_result_id(
@@ -341,7 +341,7 @@ def test_native_delayed_delivery_route_is_stored_with_no_row_delay() -> None:
     _id, (captured,) = tasks.capture(t.s().set(countdown=10))
     message = tasks.outbox_message(captured)
 
-    assert message.exchange == tasks.NATIVE_DELAY_EXCHANGE
+    assert message.exchange == task_support.NATIVE_DELAY_EXCHANGE
     assert message.routing_key.endswith(".q")
     assert message.delay_seconds == 0.0
     assert "eta" in message.properties["headers"]
