@@ -74,6 +74,7 @@ def _stop(relay: subprocess.Popen[str]) -> str:
         if relay.poll() is None:
             relay.kill()
             relay.communicate()
+    print(stderr[-6000:])  # shown by pytest when the test fails
     assert relay.returncode == 0, stderr
     return stderr
 
