@@ -49,7 +49,7 @@ def read_queue(
     queue: str,
     *,
     expect: int,
-    timeout: float = 20.0,
+    timeout: float = 30.0,
     settle: float = 0.3,
 ) -> list[tuple[str, Any]]:
     """
@@ -61,24 +61,30 @@ def read_queue(
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         ch = conn.channel()
+        ch.basic_qos(prefetch_count=500)
         deadline = time.monotonic() + timeout
-        quiet_until: float | None = None
-        while time.monotonic() < deadline:
-            method, props, body = ch.basic_get(queue, auto_ack=True)
+        quiet_since: float | None = None
+        for method, props, body in ch.consume(
+            queue, auto_ack=True, inactivity_timeout=0.05
+        ):
+            now = time.monotonic()
             if method is None:
                 if len(got) >= expect:
-                    if quiet_until is None:
-                        quiet_until = time.monotonic() + settle
-                    elif time.monotonic() >= quiet_until:
+                    quiet_since = quiet_since or now
+                    if now - quiet_since >= settle:
                         break
-                time.sleep(0.02)
+                if now >= deadline:
+                    break
                 continue
-            quiet_until = None
+            quiet_since = None
             try:
                 value: Any = json.loads(body)
             except ValueError:
                 value = body
             got.append((props.message_id, value))
+            if now >= deadline:
+                break
+        ch.cancel()
     finally:
         conn.close()
     return got

@@ -210,3 +210,28 @@ def test_metrics_count_published_failures_and_backlog(
     assert m.value("reliable_outbox_backlog") == 1  # the delayed one
     assert m.value("reliable_outbox_batch_duration_seconds_count") >= 1
     assert m.value("reliable_relay_last_batch_timestamp_seconds") > 0
+
+
+def test_kept_published_rows_are_deleted_after_retention_in_small_batches(
+    broker: Broker, database: Database
+) -> None:
+    declare(broker.amqp_url, "orders")
+    write(database, [{"routing_key": "orders", "body": {"n": i}} for i in range(5)])
+    make_relay(broker, database, keep_published_seconds=1.0).run_once()
+    assert len(outbox_rows(database, "published_at IS NOT NULL")) == 5
+    wait_for(
+        lambda: (
+            len(outbox_rows(database, "published_at < now() - interval '1 second'"))
+            == 5
+        ),
+        what="rows past retention",
+    )
+    [fresh] = write(database, [{"routing_key": "orders", "body": "fresh"}])
+
+    make_relay(
+        broker, database, keep_published_seconds=1.0, cleanup_batch_size=2
+    ).run_once()
+
+    # The five old rows went (in batches of two); the one just published stays.
+    assert [r["message_id"] for r in outbox_rows(database)] == [fresh]
+    assert len(read_queue(broker.amqp_url, "orders", expect=6)) == 6

@@ -58,6 +58,15 @@ def _start_relay(
             "5s",
             "--confirm-timeout",
             "3s",
+            # Right after a restart, quorum queues that are still recovering make
+            # the broker return messages as unroutable (312 NO_ROUTE) for a few
+            # seconds: retry those quickly and never let them die here.
+            "--backoff",
+            "0.2s",
+            "--max-backoff",
+            "1s",
+            "--max-attempts",
+            "1000",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -74,6 +83,7 @@ def _stop(relay: subprocess.Popen[str]) -> str:
         if relay.poll() is None:
             relay.kill()
             relay.communicate()
+    print(stderr[-6000:])  # shown by pytest when the test fails
     assert relay.returncode == 0, stderr
     return stderr
 

@@ -21,7 +21,7 @@ VALUES
 -- all relays. The due test is on the locked row itself (o), so READ COMMITTED
 -- re-checks it against a claim another relay committed after this
 -- statement's snapshot was taken.
-WITH unkeyed AS (
+WITH RECURSIVE unkeyed AS (
     SELECT id
       FROM {schema}.reliable_outbox
      WHERE ordering_key IS NULL AND published_at IS NULL AND dead_at IS NULL
@@ -29,11 +29,28 @@ WITH unkeyed AS (
      ORDER BY available_at, id
      LIMIT %(limit)s
        FOR NO KEY UPDATE SKIP LOCKED
-), heads AS (
-    SELECT DISTINCT ON (ordering_key) id
+), keys (k) AS (
+    -- The distinct pending keys by a loose index scan: one index probe per key,
+    -- not one row visit per pending keyed row.
+    SELECT min(ordering_key)
       FROM {schema}.reliable_outbox
      WHERE ordering_key IS NOT NULL AND published_at IS NULL AND dead_at IS NULL
-     ORDER BY ordering_key, commit_seq, id
+    UNION ALL
+    SELECT (SELECT min(ordering_key)
+              FROM {schema}.reliable_outbox
+             WHERE ordering_key > keys.k AND published_at IS NULL AND dead_at IS NULL)
+      FROM keys
+     WHERE keys.k IS NOT NULL
+), heads AS (
+    SELECT h.id
+      FROM keys
+     CROSS JOIN LATERAL (
+           SELECT id
+             FROM {schema}.reliable_outbox
+            WHERE ordering_key = keys.k AND published_at IS NULL AND dead_at IS NULL
+            ORDER BY commit_seq, id
+            LIMIT 1) AS h
+     WHERE keys.k IS NOT NULL
 ), keyed AS (
     SELECT o.id
       FROM {schema}.reliable_outbox AS o
