@@ -11,7 +11,10 @@ import importlib.metadata
 
 from reliable.app import Reliable
 from reliable.config import Settings
+from reliable.declare import Plan, plan
+from reliable.declare_apply import apply
 from reliable.errors import (
+    ApplyIncomplete,
     BrokerConnectionError,
     BrokerError,
     BrokerRefused,
@@ -32,6 +35,8 @@ from reliable.inbox import Inbox
 from reliable.outbox import Outbox, OutboxMessage
 from reliable.relay import OutboxRelay, RelayConfig
 from reliable.retry import RetryPolicy
+from reliable.topology import Binding, DeadLetter, Exchange, Policy, Queue, Topology
+from reliable.topology_file import dump_topology, load_topology
 
 __version__ = importlib.metadata.version("reliable")
 
@@ -39,6 +44,18 @@ __all__ = [
     # Entry point
     "Reliable",
     "Settings",
+    # Topology
+    "Binding",
+    "DeadLetter",
+    "Exchange",
+    "Policy",
+    "Queue",
+    "Topology",
+    "load_topology",
+    "dump_topology",
+    "plan",
+    "apply",
+    "Plan",
     # Messages, outbox and inbox
     "Outbox",
     "OutboxMessage",
@@ -52,6 +69,7 @@ __all__ = [
     "TopologyError",
     "TopologyFileError",
     "TopologyConflict",
+    "ApplyIncomplete",
     "BrokerError",
     "BrokerConnectionError",
     "BrokerRefused",
