@@ -13,6 +13,8 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from reliable import errors
+
 _BATCH_BUCKETS = (
     0.001,
     0.0025,
@@ -117,9 +119,16 @@ class Metrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         """Expose ``/metrics`` on *port* in a daemon thread; returns the server."""
-        server, _thread = prometheus_client.start_http_server(
-            port, addr=addr, registry=self.registry
-        )
+        try:
+            server, _thread = prometheus_client.start_http_server(
+                port, addr=addr, registry=self.registry
+            )
+        except OSError as exc:
+            msg = (
+                f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); "
+                "choose a free port with --metrics-port or RELIABLE_METRICS_PORT"
+            )
+            raise errors.ConfigError(msg, key="metrics_port") from None
         return server
 
     def render(self) -> bytes:

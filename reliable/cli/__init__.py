@@ -57,6 +57,21 @@ class ReliableGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(exit_codes.EXIT_INTERRUPTED)
+        except (
+            click.exceptions.ClickException,
+            click.exceptions.Exit,
+            click.exceptions.Abort,
+        ):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, never a traceback
+            if ctx.meta.get("reliable.debug"):
+                traceback.print_exc()
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))}; "
+                "rerun with --debug for the traceback and report it",
+                err=True,
+            )
+            ctx.exit(exit_codes.EXIT_FAILURE)
 
 
 @click.group(cls=ReliableGroup, epilog=HELP_EPILOG)
