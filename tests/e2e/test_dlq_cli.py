@@ -209,7 +209,7 @@ def test_sigkill_mid_replay_loses_nothing(broker, ch) -> None:
     assert set(replayed) | set(left) == ids
     duplicates = len(replayed) + len(left) - len(ids)
     assert 0 < len(left) < 400
-    assert duplicates <= 400 // 20 + 1  # at most one unacked batch
+    assert duplicates <= 400 // 5  # at most one unacked batch (rate / 5)
 
 
 def test_sigterm_stops_after_in_flight_confirms_and_prints_the_summary(
