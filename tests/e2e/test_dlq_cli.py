@@ -289,7 +289,12 @@ def test_export_remove_then_import_round_trips_byte_for_byte(
 
 def test_huge_and_oddly_typed_messages_are_shown_and_moved_intact(broker, ch) -> None:
     huge = bytes(range(256)) * 32768  # 8 MiB, not UTF-8
-    weird = {"x-death": "truncated", "n": Decimal("-0.5"), "t": datetime(2030, 1, 1, tzinfo=UTC), "list": [[], {}]}
+    weird = {
+        "x-death": "truncated",
+        "n": Decimal("-0.5"),
+        "t": datetime(2030, 1, 1, tzinfo=UTC),
+        "list": [[], {}],
+    }
     dead_letter(ch, "work", huge, message_id="huge")
     publish(ch, DLQ, b"\xc3\x28", message_id="weird", headers=weird)
     wait_depth(ch, DLQ, 2)
@@ -321,13 +326,28 @@ def test_runs_are_audited_when_a_database_is_configured(broker, ch, database) ->
     db = ["--database-url", database.url, "--db-schema", database.schema]
 
     def run_db(*args):
-        cmd = [sys.executable, "-m", "reliable", "--amqp-url", broker.amqp_url, *db, "dlq", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        cmd = [
+            sys.executable,
+            "-m",
+            "reliable",
+            "--amqp-url",
+            broker.amqp_url,
+            *db,
+            "dlq",
+            *args,
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, check=False
+        )
 
     replay = run_db("replay", DLQ, "--yes", "--reason", "rejected")
     history = run_db("history", "--output", "json")
 
     assert replay.returncode == 0, replay.stderr
     [row] = json.loads(history.stdout)
-    assert (row["command"], row["queue"], row["counts"]["replayed"]) == ("replay", DLQ, 1)
+    assert (row["command"], row["queue"], row["counts"]["replayed"]) == (
+        "replay",
+        DLQ,
+        1,
+    )
     assert row["filters"] == {"reason": ["rejected"]}
