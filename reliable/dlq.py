@@ -50,12 +50,19 @@ __all__ = [
     "Command",
     "DeadLetters",
     "Filter",
+    "ReplayFilter",
+    "ReplayReport",
     "RunReport",
     "Target",
     "TokenBucket",
+    "replay",
     "summarize",
     "vhost_of",
 ]
+
+#: Names the style guide uses for the public API (`reliable.ReplayFilter`, ...).
+ReplayFilter = Filter
+ReplayReport = RunReport
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -676,3 +683,26 @@ def summarize(
             g for g in group_counts(items, "exception_type") if g["exception_type"]
         ],
     }
+
+
+def replay(
+    amqp_url: str,
+    queue: str,
+    flt: Filter | None = None,
+    *,
+    management_url: str | None = None,
+    database_url: str | None = None,
+    **options: Any,
+) -> RunReport:
+    """
+    Replay the dead letters of *queue* to their origin: `DeadLetters.replay` in one call.
+
+    *options* are those of `DeadLetters.replay` (``target``, ``rate``,
+    ``max_replays``, ``dry_run``, ...).
+
+    .. versionadded:: 0.1.0
+    """
+    letters = DeadLetters(
+        amqp_url, management_url=management_url, database_url=database_url
+    )
+    return letters.replay(queue, flt, **options)

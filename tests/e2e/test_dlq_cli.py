@@ -78,6 +78,24 @@ def test_list_show_replay_history_from_the_command_line(broker, ch) -> None:
     )
     dead_letter(ch, "other", b"\xff\x00", message_id="o1")
     wait_depth(ch, DLQ, 2)
+    # A second DLQ reached only through a policy's dead-letter-exchange.
+    ch.exchange_declare("dlx2", "fanout", durable=True)
+    ch.queue_declare("dlq2", durable=True)
+    ch.queue_bind("dlq2", "dlx2")
+    ch.queue_declare("by-policy", durable=True)
+    broker.management.put_policy(
+        broker.vhost,
+        "dl",
+        pattern="^by-policy$",
+        definition={"dead-letter-exchange": "dlx2"},
+        apply_to="queues",
+    )
+    wait_for(
+        lambda: (broker.management.queue(broker.vhost, "by-policy") or {}).get(
+            "effective_policy_definition"
+        ),
+        what="the policy to apply",
+    )
 
     listed = run(broker, "list", "--output", "json")
     shown = run(broker, "show", DLQ, "--output", "json")
@@ -89,8 +107,11 @@ def test_list_show_replay_history_from_the_command_line(broker, ch) -> None:
     history = run(broker, "history")
 
     assert listed.returncode == 0, listed.stderr
-    [row] = json.loads(listed.stdout)
-    assert (row["queue"], row["depth"], row["sources"]) == (DLQ, 2, ["other", "work"])
+    rows = {r["queue"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {DLQ, "dlq2"}
+    assert rows["dlq2"]["sources"] == ["by-policy"]
+    row = rows[DLQ]
+    assert (row["depth"], row["sources"]) == (2, ["other", "work"])
     assert {g["source_queue"]: g["count"] for g in row["by_source_queue"]} == {
         "work": 1,
         "other": 1,
