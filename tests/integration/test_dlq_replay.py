@@ -412,3 +412,40 @@ def test_without_the_guard_looks_would_drop_messages(broker) -> None:
     # This is what the guard prevents: the broker dropped the message.
     wait_depth(ch, DLQ, 0)
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("dlq_type", "total", "batch"),
+    [("classic", 20, 4), ("quorum", 20, 4), ("quorum", 90, 40)],
+    ids=["classic", "quorum", "quorum-wide"],
+)
+def test_many_held_messages_widen_the_window_and_keep_their_order(
+    broker, dlq_type, total, batch
+) -> None:
+    conn = connect(broker.amqp_url)
+    ch = conn.channel()
+    setup(ch, dlq_type=dlq_type)
+    picked = (total - 3, total - 1)
+    for i in range(total):
+        publish(
+            ch, "other" if i in picked else "work", f"m{i}".encode(), message_id=f"m{i}"
+        )
+    wait_depth(ch, "work", total - 2)
+    reject_all(ch, "work")
+    reject_all(ch, "other")
+    wait_depth(ch, DLQ, total)
+
+    # Small batches (prefetch = 2 x batch): every slot fills with held
+    # messages long before the matches, so more consumers are opened.
+    report = DeadLetters(broker.amqp_url, batch_size=batch).replay(
+        DLQ, Filter(source_queues=("other",))
+    )
+    left = [p.message_id for p, _b in drain(ch, DLQ)]
+
+    assert report.counts["replayed"] == 2
+    assert report.counts["not_selected"] == total - 2
+    assert sorted(p.message_id for p, _b in drain(ch, "other")) == sorted(
+        f"m{i}" for i in picked
+    )
+    assert left == [f"m{i}" for i in range(total) if i not in picked]
+    conn.close()
