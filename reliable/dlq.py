@@ -42,6 +42,7 @@ from reliable.dlq_replay import (
     label,
 )
 from reliable.management import ManagementClient
+from reliable.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class DeadLetters:
         db_schema: Schema of the reliable tables.
         batch_size: Messages taken and published per round (confirm window).
         confirm_timeout_seconds: How long to wait for a batch's confirms.
+        metrics: When given, ``reliable_dlq_replayed``/``_parked`` count
+            confirmed replays and parkings, ``reliable_dlq_depth`` the depth
+            seen by each check.
 
     .. versionadded:: 0.1.0
     """
@@ -99,6 +103,7 @@ class DeadLetters:
         management_url: str | None = None,
         batch_size: int = 500,
         confirm_timeout_seconds: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if batch_size < 1:
             msg = f"batch_size must be at least 1, got {batch_size}"
@@ -111,6 +116,7 @@ class DeadLetters:
         self.confirm_timeout_seconds = confirm_timeout_seconds
         self._failures_available = database_url is not None
         self.management_url = management_url
+        self.metrics = metrics
         self._limits: dict[str, int | None] = {}
 
     # -- checks -------------------------------------------------------------------
@@ -140,6 +146,8 @@ class DeadLetters:
             state = channel.queue_state(name)
         if state is None:
             raise errors.QueueNotFound(queue=name)
+        if self.metrics is not None:
+            self.metrics.dlq_depth.labels(name).set(state.message_count)
         return state
 
     def queue_exists(self, name: str) -> bool:
@@ -335,6 +343,12 @@ class DeadLetters:
     def _finish(self, report: RunReport, started: float) -> RunReport:
         report.finished_at = datetime.now(UTC)
         report.elapsed_seconds = time.monotonic() - started
+        if self.metrics is not None and not report.dry_run:
+            counts = report.tally.counts
+            self.metrics.dlq_replayed.labels(report.queue).inc(
+                counts.get("replayed", 0) + counts.get("moved", 0)
+            )
+            self.metrics.dlq_parked.labels(report.queue).inc(counts.get("parked", 0))
         if report.command != "show":
             self._audit(report)
         return report

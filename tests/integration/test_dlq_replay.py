@@ -12,6 +12,7 @@ from reliable import errors
 from reliable.dlq import DeadLetters, Target
 from reliable.dlq_filters import Filter
 from reliable.dlq_headers import HISTORY, ORIGIN_QUEUE, PARKED_REASON, REPLAY_COUNT
+from reliable.metrics import Metrics
 from tests.integration.dlq_support import (
     DLQ,
     connect,
@@ -266,7 +267,8 @@ def test_broker_down_is_a_connection_error() -> None:
 def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
     dead_letter(ch, "work", b"poison", message_id="poison")
     wait_depth(ch, DLQ, 1)
-    dl = DeadLetters(broker.amqp_url)
+    metrics = Metrics()
+    dl = DeadLetters(broker.amqp_url, metrics=metrics)
     outcomes = []
     for _ in range(3):
         report = dl.replay(DLQ, max_replays=2)
@@ -282,6 +284,8 @@ def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
     assert parked[0][0].headers[ORIGIN_QUEUE] == "work"
     assert PARKED_REASON in parked[0][0].headers
     assert depth(ch, DLQ) == 0
+    assert metrics.value("reliable_dlq_replayed_total", {"queue": DLQ}) == 2
+    assert metrics.value("reliable_dlq_parked_total", {"queue": DLQ}) == 1
 
 
 def test_move_keeps_headers_and_body(broker, ch) -> None:
