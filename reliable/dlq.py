@@ -257,6 +257,10 @@ class DeadLetters:
         """
         size = batch_size or self.batch_size
         now = datetime.now(UTC)
+        if flt.exceptions and not self._failures_available:
+            report.warnings.append(
+                "--exception matches nothing without failure records; configure a database"
+            )
         limit = self.delivery_limit(queue)
         guard = (
             DeliveryLimitGuard(
@@ -566,7 +570,7 @@ class DeadLetters:
             return self._finish(report, started)
 
         def handle(letters: list[DeadLetter]) -> list[tuple[DeadLetter, str, bool]]:
-            for x in letters:
+            for x in letters if dry_run else ():
                 report.plan.append(
                     {
                         "id": label(x),

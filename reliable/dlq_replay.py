@@ -68,7 +68,8 @@ class RunReport:
     started_at: datetime
     finished_at: datetime | None = None
     tally: Tally = field(default_factory=Tally)
-    #: One entry per selected message: id, from, to, action.
+    #: Dry runs: one entry per selected message (id, from, to, action);
+    #: real runs: the messages that were left behind and why.
     plan: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -246,14 +247,17 @@ class ReplayRun:
                     if copy.exchange == ""
                     else f"{copy.exchange}:{copy.routing_key}"
                 )
-            self.report.plan.append(
-                {
-                    "id": label(letter),
-                    "from": letter.origin.queue,
-                    "to": where,
-                    "action": problem or action,
-                }
-            )
+            # A dry run lists every message; a real run only those left behind
+            # (a million-message replay should not keep a million entries).
+            if self.dry_run or problem is not None:
+                self.report.plan.append(
+                    {
+                        "id": label(letter),
+                        "from": letter.origin.queue,
+                        "to": where,
+                        "action": problem or action,
+                    }
+                )
             if problem is not None or copy is None:
                 results.append((letter, problem or action, False))
             else:
