@@ -213,16 +213,25 @@ def finish(report: RunReport, output_format: output.OutputFormat) -> None:
 
 PLAN_COLUMNS = [("id", "message"), ("from", "from"), ("to", "to"), ("action", "action")]
 SHOW_COLUMNS = [
-    ("message_id", "message_id"),
+    ("message", "message"),
     ("task", "task"),
     ("source_queue", "source queue"),
     ("reason", "reason"),
     ("death_count", "deaths"),
-    ("last_death", "last death"),
+    ("age", "age"),
     ("replay_count", "replays"),
     ("exception_type", "exception"),
     ("size", "bytes"),
 ]
+
+
+def show_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """A `DeadLetter.summary` shaped for the table: one id column, a readable age."""
+    return {
+        **summary,
+        "message": summary["message_id"] or summary["task_id"] or "",
+        "age": age(summary["age_seconds"]),
+    }
 
 
 def age(seconds: float | None) -> str:
