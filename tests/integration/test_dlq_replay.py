@@ -453,3 +453,23 @@ def test_many_held_messages_widen_the_window_and_keep_their_order(
     )
     assert left == [f"m{i}" for i in range(total) if i not in picked]
     conn.close()
+
+
+def test_broker_death_counts_restart_after_a_replay_and_ours_continue(
+    broker, ch
+) -> None:
+    dead_letter(ch, "work", b"x", message_id="x")
+    wait_depth(ch, DLQ, 1)
+    dl = DeadLetters(broker.amqp_url)
+
+    dl.replay(DLQ)
+    reject_all(ch, "work")
+    wait_depth(ch, DLQ, 1)
+    [letter], _ = dl.peek(DLQ)
+
+    # On 3.10 a republished x-death would have continued to count: 2. The
+    # copy carried none, so the broker starts at 1 as 4.x always does.
+    assert letter.origin.deaths[0].count == 1
+    assert letter.replay_count == 1
+    assert letter.headers[HISTORY][0]["x-death"][0]["count"] == 1
+    assert letter.origin.queue == "work"
