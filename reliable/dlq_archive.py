@@ -157,7 +157,11 @@ def export(
     )
     letters.check_queue(queue)
     try:
-        handle_file: IO[str] = path.open("w", encoding="utf-8")
+        # Never overwrite: an earlier export may hold messages it removed.
+        handle_file: IO[str] = path.open("x", encoding="utf-8")
+    except FileExistsError:
+        msg = f"{str(path)!r} already exists; export to a new file (it may hold removed messages)"
+        raise errors.ReliableError(msg) from None
     except OSError as exc:
         msg = f"cannot write {str(path)!r} ({exc.strerror}); check the directory and permissions"
         raise errors.ReliableError(msg) from None

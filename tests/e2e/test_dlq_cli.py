@@ -286,7 +286,10 @@ def test_export_remove_then_import_round_trips_byte_for_byte(
     imported = run(broker, "import", str(path), "--yes", "--output", "json")
     back = {p.message_id: (p, b) for p, b in drain(ch, "work")}
 
+    again = run(broker, "export", DLQ, "-o", str(path))
     assert exported.returncode == 0, exported.stderr
+    assert again.returncode == 1
+    assert again.stderr.startswith(f"error: {str(path)!r} already exists")
     assert len(path.read_text().splitlines()) == 2
     assert after_export == 0
     assert imported.returncode == 0, imported.stderr
