@@ -473,3 +473,19 @@ def test_broker_death_counts_restart_after_a_replay_and_ours_continue(
     assert letter.replay_count == 1
     assert letter.headers[HISTORY][0]["x-death"][0]["count"] == 1
     assert letter.origin.queue == "work"
+
+
+def test_replay_to_an_exchange_uses_the_given_routing_key(broker, ch) -> None:
+    ch.exchange_declare("retry", "direct", durable=True)
+    ch.queue_bind("other", "retry", "again")
+    dead_letter(ch, "work", b"x", message_id="x")
+    wait_depth(ch, DLQ, 1)
+
+    report = DeadLetters(broker.amqp_url).replay(
+        DLQ, target=Target(exchange="retry", routing_key="again")
+    )
+
+    assert report.counts["replayed"] == 1
+    [(props, _b)] = drain(ch, "other")
+    assert props.headers[ORIGIN_QUEUE] == "work"
+    assert depth(ch, "work") == 0
