@@ -841,11 +841,12 @@ class QueueReader:
 
     Held messages use up a consumer's prefetch. When every slot is held the
     reader opens another channel with a consumer of its own rather than
-    cancelling the first: a quorum queue returns the messages of several
-    consumers on one channel in no fixed order when that channel closes,
-    whereas channels closed one after the other return their messages in
-    that order. Delivery tags handed out are the reader's own (channels
-    number their deliveries separately).
+    cancelling the first: a quorum queue returned the messages of several
+    consumers on one channel in no fixed order when that channel closed
+    (seen on 3.10.8). On close the reader stops every consumer, then closes
+    the channels oldest first, waiting until each one's messages are back,
+    so they return in the order they were taken. Delivery tags handed out
+    are the reader's own (channels number their deliveries separately).
     """
 
     def __init__(
