@@ -375,3 +375,61 @@ def test_runs_are_audited_when_a_database_is_configured(broker, ch, database) ->
         1,
     )
     assert row["filters"] == {"reason": ["rejected"]}
+
+
+def test_list_and_show_group_and_filter_by_failure_records(
+    broker, ch, database
+) -> None:
+    import psycopg
+
+    for n in range(3):
+        dead_letter(
+            ch,
+            "work",
+            b"[[1], {}, {}]",
+            correlation_id=f"task-{n}",
+            headers={"id": f"task-{n}", "task": "shop.charge"},
+        )
+    wait_depth(ch, DLQ, 3)
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        for n, exc in ((0, "KeyError"), (1, "KeyError"), (2, "TimeoutError")):
+            conn.execute(
+                psycopg.sql.SQL(
+                    "INSERT INTO {}.reliable_task_failures (consumer, task_name, task_id, queue,"
+                    " exception_type, exception_message, attempts) VALUES ('c', 'shop.charge', %s, 'work', %s, 'boom', 3)"
+                ).format(psycopg.sql.Identifier(database.schema)),
+                (f"task-{n}", exc),
+            )
+    db = ["--database-url", database.url, "--db-schema", database.schema]
+
+    def run_db(*args):
+        cmd = [
+            sys.executable,
+            "-m",
+            "reliable",
+            "--amqp-url",
+            broker.amqp_url,
+            "--management-url",
+            broker.management_url,
+            *db,
+            "dlq",
+            *args,
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    listed = run_db("list", DLQ, "--output", "json")
+    shown = run_db("show", DLQ, "--exception", "KeyError", "--output", "json")
+
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["by_exception_type"] == [
+        {"exception_type": "KeyError", "count": 2},
+        {"exception_type": "TimeoutError", "count": 1},
+    ]
+    assert sorted(d["task_id"] for d in json.loads(shown.stdout)) == [
+        "task-0",
+        "task-1",
+    ]
+    assert {d["celery"]["task"] for d in json.loads(shown.stdout)} == {"shop.charge"}
