@@ -287,7 +287,10 @@ def _batches(
 ) -> Iterator[list[tuple[DeadLetter, str]]]:
     """Selected records of *path* in batches of *size*; unreadable lines go to *failed*."""
     batch: list[tuple[DeadLetter, str]] = []
+    selected = 0
     for _number, line, message, problem in read_records(path):
+        if flt.limit is not None and selected >= flt.limit:
+            break
         if stop is not None and stop():
             report.interrupted = True
             break
@@ -301,6 +304,7 @@ def _batches(
             report.tally.add("not_selected")
             continue
         report.tally.add("selected")
+        selected += 1
         batch.append((letter, line))
         if len(batch) >= size:
             yield batch

@@ -283,6 +283,20 @@ def test_export_remove_then_import_round_trips_byte_for_byte(
 
     exported = run(broker, "export", DLQ, "-o", str(path), "--remove", "--yes")
     after_export = depth(ch, DLQ)
+    first = run(
+        broker,
+        "import",
+        str(path),
+        "--limit",
+        "1",
+        "--message-id",
+        "text",
+        "--yes",
+        "--output",
+        "json",
+    )
+    assert json.loads(first.stdout)["counts"]["replayed"] == 1
+    assert [p.message_id for p, _b in drain(ch, "work")] == ["text"]
     imported = run(broker, "import", str(path), "--yes", "--output", "json")
     back = {p.message_id: (p, b) for p, b in drain(ch, "work")}
 
