@@ -387,7 +387,7 @@ class DeadLetters:
         if not target.is_origin:
             self._check_target(target)
         size = batch_size_for(rate, self.batch_size)
-        bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
+        bucket = TokenBucket(rate, burst=rate) if rate and not dry_run else None
         publisher = amqp.ConfirmingPublisher(self.amqp_url, window=size)
         existing: dict[str, bool] = {}
 

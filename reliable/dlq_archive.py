@@ -235,7 +235,7 @@ def import_file(
     else:
         letters._check_target(target)
     size = batch_size_for(rate, letters.batch_size)
-    bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
+    bucket = TokenBucket(rate, burst=rate) if rate and not dry_run else None
     publisher = amqp.ConfirmingPublisher(letters.amqp_url, window=size)
     existing: dict[str, bool] = {}
 

@@ -106,8 +106,11 @@ class TokenBucket:
     """
     ``rate`` tokens per second, at most ``burst`` saved.
 
-    It starts empty, so no window of a run goes faster than asked; the price
-    is that the connection set-up before the first message counts against
+    It starts empty, so a run never starts with a burst. Callers save up to
+    one second of tokens (``burst=rate``): after a stall (a slow confirm, a
+    busy machine) the run catches up within that second instead of losing
+    the time for good, and no one-second window sees more than twice the
+    rate. Connection set-up before the first message still counts against
     the achieved rate of a short run.
     """
 
