@@ -18,18 +18,16 @@ replayed twice (at-least-once); consumers dedupe through the inbox.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
-import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from reliable import amqp, db, errors
-from reliable.dlq_discovery import delivery_limit
-from reliable.dlq_filters import DeadLetter, Filter, group_counts
+from reliable import amqp, dlq_audit, errors
+from reliable.dlq_discovery import read_delivery_limit
+from reliable.dlq_filters import DeadLetter, Filter, summarize
 from reliable.dlq_guard import DeliveryLimitGuard
 from reliable.dlq_replay import (
     INCOMPLETE,
@@ -41,7 +39,8 @@ from reliable.dlq_replay import (
     batch_size_for,
     label,
 )
-from reliable.management import ManagementClient
+from reliable.dlq_scan import Handler, Scan
+from reliable.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +49,25 @@ __all__ = [
     "Command",
     "DeadLetters",
     "Filter",
+    "ReplayFilter",
+    "ReplayReport",
     "RunReport",
     "Target",
     "TokenBucket",
+    "replay",
     "summarize",
     "vhost_of",
 ]
+
+#: Names the style guide uses for the public API (`reliable.ReplayFilter`, ...).
+ReplayFilter = Filter
+ReplayReport = RunReport
 
 
 def vhost_of(amqp_url: str) -> str:
     """The vhost an AMQP URL points at (``/`` when the path is empty)."""
     path = urlsplit(amqp_url).path
     return unquote(path[1:]) if len(path) > 1 else "/"
-
-
-Handler = Callable[[list[DeadLetter]], list[tuple[DeadLetter, str, bool]]]
 
 
 class DeadLetters:
@@ -79,6 +82,9 @@ class DeadLetters:
         db_schema: Schema of the reliable tables.
         batch_size: Messages taken and published per round (confirm window).
         confirm_timeout_seconds: How long to wait for a batch's confirms.
+        metrics: When given, ``reliable_dlq_replayed``/``_parked`` count
+            confirmed replays and parkings, ``reliable_dlq_depth`` the depth
+            seen by each check.
 
     .. versionadded:: 0.1.0
     """
@@ -92,6 +98,7 @@ class DeadLetters:
         management_url: str | None = None,
         batch_size: int = 500,
         confirm_timeout_seconds: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if batch_size < 1:
             msg = f"batch_size must be at least 1, got {batch_size}"
@@ -104,6 +111,7 @@ class DeadLetters:
         self.confirm_timeout_seconds = confirm_timeout_seconds
         self._failures_available = database_url is not None
         self.management_url = management_url
+        self.metrics = metrics
         self._limits: dict[str, int | None] = {}
 
     # -- checks -------------------------------------------------------------------
@@ -133,6 +141,8 @@ class DeadLetters:
             state = channel.queue_state(name)
         if state is None:
             raise errors.QueueNotFound(queue=name)
+        if self.metrics is not None:
+            self.metrics.dlq_depth.labels(name).set(state.message_count)
         return state
 
     def queue_exists(self, name: str) -> bool:
@@ -177,16 +187,9 @@ class DeadLetters:
         if self.management_url is None:
             return None
         if queue not in self._limits:
-            try:
-                with ManagementClient(self.management_url) as mgmt:
-                    info = mgmt.queue(vhost_of(self.amqp_url), queue)
-                    version = mgmt.broker_version() if info else None
-                self._limits[queue] = (
-                    delivery_limit(info, broker_version=version) if info else None
-                )
-            except errors.ManagementAPIError as exc:
-                logger.warning("cannot read the delivery limit of %r: %s", queue, exc)
-                self._limits[queue] = None
+            self._limits[queue] = read_delivery_limit(
+                self.management_url, vhost_of(self.amqp_url), queue
+            )
         return self._limits[queue]
 
     # -- failure records ----------------------------------------------------------
@@ -199,20 +202,13 @@ class DeadLetters:
         if not ids:
             return
         try:
-            conn = db.connect(self.database_url, autocommit=True)
-            try:
-                rows = db.query(
-                    conn, "dlq_task_failures", {"task_ids": ids}, schema=self.db_schema
-                )
-            finally:
-                conn.close()
+            by_id = dlq_audit.failure_records(self.database_url, self.db_schema, ids)
         except errors.DatabaseError as exc:
             # No failure records (table not installed, database down): the
             # tool works without them, so look no further in this process.
             logger.warning("failure records unavailable: %s", exc)
             self._failures_available = False
             return
-        by_id = {r["task_id"]: r for r in rows}
         for letter in letters:
             row = by_id.get(letter.task_id or "")
             if row is not None:
@@ -242,6 +238,10 @@ class DeadLetters:
         """
         size = batch_size or self.batch_size
         now = datetime.now(UTC)
+        if flt.exceptions and not self._failures_available:
+            report.warnings.append(
+                "--exception matches nothing without failure records; configure a database"
+            )
         limit = self.delivery_limit(queue)
         guard = (
             DeliveryLimitGuard(
@@ -253,81 +253,35 @@ class DeadLetters:
             if limit is not None
             else None
         )
+        scan = Scan(
+            queue=queue,
+            flt=flt,
+            report=report,
+            handle=handle,
+            attach=self.attach_failures,
+            size=size,
+            now=now,
+            guard=guard,
+            stop=stop,
+            progress=progress,
+            before_batch=before_batch,
+            scan_limit=scan_limit,
+        )
         try:
-            self._scan_with(
-                queue,
-                flt,
-                report,
-                handle,
-                size,
-                now,
-                guard,
-                stop,
-                progress,
-                before_batch,
-                scan_limit,
-            )
+            scan.run(self.amqp_url)
         finally:
             if guard is not None:
                 guard.close()
 
-    def _scan_with(
-        self,
-        queue: str,
-        flt: Filter,
-        report: RunReport,
-        handle: Handler,
-        size: int,
-        now: datetime,
-        guard: DeliveryLimitGuard | None,
-        stop: Callable[[], bool] | None,
-        progress: Callable[[int], None] | None,
-        before_batch: Callable[[int], None] | None,
-        scan_limit: int | None,
-    ) -> None:
-        selected = 0
-        # Twice the batch in prefetch: the next batch is already on its way
-        # while this one waits for its confirms.
-        with amqp.QueueReader(self.amqp_url, queue, prefetch=2 * size) as reader:
-            budget = _budget(reader, queue, scan_limit)
-            taken = 0
-            while taken < budget and (flt.limit is None or selected < flt.limit):
-                if stop is not None and stop():
-                    report.interrupted = True
-                    break
-                want = min(size, budget - taken)
-                if before_batch is not None:
-                    before_batch(want)
-                messages = reader.take(want)
-                if not messages:
-                    break
-                taken += len(messages)
-                letters = [
-                    DeadLetter.from_message(m, dead_letter_queue=queue)
-                    for m in messages
-                ]
-                self.attach_failures(letters)
-                chosen = _select(letters, flt, now, room=_room(flt, selected))
-                selected += len(chosen)
-                report.tally.add("scanned", len(letters))
-                report.tally.add("not_selected", len(letters) - len(chosen))
-                report.tally.add("selected", len(chosen))
-                results = handle(chosen) if chosen else []
-                acked = {x.message.delivery_tag for x, _o, ack in results if ack}
-                reader.ack(sorted(acked))
-                for _letter, outcome, _ack in results:
-                    report.tally.add(outcome)
-                if guard is not None:
-                    held = [x for x in letters if x.message.delivery_tag not in acked]
-                    refreshed, failed = guard.protect(held, reader)
-                    report.tally.add("refreshed", refreshed)
-                    report.tally.add("refresh_failed", failed)
-                if progress is not None:
-                    progress(len(letters))
-
     def _finish(self, report: RunReport, started: float) -> RunReport:
         report.finished_at = datetime.now(UTC)
         report.elapsed_seconds = time.monotonic() - started
+        if self.metrics is not None and not report.dry_run:
+            counts = report.tally.counts
+            self.metrics.dlq_replayed.labels(report.queue).inc(
+                counts.get("replayed", 0) + counts.get("moved", 0)
+            )
+            self.metrics.dlq_parked.labels(report.queue).inc(counts.get("parked", 0))
         if report.command != "show":
             self._audit(report)
         return report
@@ -433,7 +387,7 @@ class DeadLetters:
         if not target.is_origin:
             self._check_target(target)
         size = batch_size_for(rate, self.batch_size)
-        bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
+        bucket = TokenBucket(rate, burst=rate) if rate and not dry_run else None
         publisher = amqp.ConfirmingPublisher(self.amqp_url, window=size)
         existing: dict[str, bool] = {}
 
@@ -545,7 +499,7 @@ class DeadLetters:
             return self._finish(report, started)
 
         def handle(letters: list[DeadLetter]) -> list[tuple[DeadLetter, str, bool]]:
-            for x in letters:
+            for x in letters if dry_run else ():
                 report.plan.append(
                     {
                         "id": label(x),
@@ -568,29 +522,9 @@ class DeadLetters:
         if not self.database_url:
             return
         try:
-            conn = db.connect(self.database_url)
-            try:
-                with db.transaction(conn):
-                    rows = db.query(
-                        conn,
-                        "insert_dlq_run",
-                        {
-                            "started_at": report.started_at,
-                            "os_user": _os_user(),
-                            "hostname": socket.gethostname(),
-                            "command": report.command,
-                            "queue": report.queue,
-                            "target": report.target or None,
-                            "filters": db.jsonb(report.filters),
-                            "counts": db.jsonb(report.counts),
-                            "dry_run": report.dry_run,
-                            "interrupted": report.interrupted,
-                        },
-                        schema=self.db_schema,
-                    )
-                report.audit_id = int(rows[0]["id"])
-            finally:
-                conn.close()
+            report.audit_id = dlq_audit.record_run(
+                self.database_url, self.db_schema, report
+            )
         except errors.DatabaseError as exc:
             # The messages have moved already; a missing audit row must not
             # make the run look failed, but the operator has to know.
@@ -609,70 +543,32 @@ class DeadLetters:
         if not self.database_url:
             msg = "no database configured; set RELIABLE_DATABASE_URL or --database-url to keep a run history"
             raise errors.ConfigError(msg, key="database_url")
-        conn = db.connect(self.database_url)
-        try:
-            rows = db.query(
-                conn,
-                "list_dlq_runs",
-                {"queue": queue, "limit": limit},
-                schema=self.db_schema,
-            )
-            conn.rollback()
-        finally:
-            conn.close()
-        return rows
+        return dlq_audit.list_runs(
+            self.database_url, self.db_schema, queue=queue, limit=limit
+        )
 
 
 # -- helpers ------------------------------------------------------------------------
 
 
-def _budget(reader: amqp.QueueReader, queue: str, scan_limit: int | None) -> int:
+def replay(
+    amqp_url: str,
+    queue: str,
+    flt: Filter | None = None,
+    *,
+    management_url: str | None = None,
+    database_url: str | None = None,
+    **options: Any,
+) -> RunReport:
     """
-    How many messages a run looks at: those ready when it starts.
+    Replay the dead letters of *queue* to their origin: `DeadLetters.replay` in one call.
 
-    Messages arriving later (a replayed message that dies again during the
-    run, say) wait for the next run instead of being replayed twice in one.
+    *options* are those of `DeadLetters.replay` (``target``, ``rate``,
+    ``max_replays``, ``dry_run``, ...).
+
+    .. versionadded:: 0.1.0
     """
-    try:
-        ready = reader.state().message_count
-    except errors.BrokerRefused as exc:
-        if exc.reply_code == 404:
-            raise errors.QueueNotFound(queue=queue) from None
-        raise
-    return ready if scan_limit is None else min(ready, scan_limit)
-
-
-def _room(flt: Filter, selected: int) -> int | None:
-    return None if flt.limit is None else flt.limit - selected
-
-
-def _select(
-    letters: Sequence[DeadLetter], flt: Filter, now: datetime, *, room: int | None
-) -> list[DeadLetter]:
-    chosen = [x for x in letters if flt.matches(x, now)]
-    return chosen if room is None else chosen[: max(room, 0)]
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def summarize(
-    letters: Iterable[DeadLetter], now: datetime | None = None
-) -> dict[str, Any]:
-    """Counts by source queue, reason and exception type, and the oldest age."""
-    items = list(letters)
-    now = now or datetime.now(UTC)
-    ages = [a for a in (x.age_seconds(now) for x in items) if a is not None]
-    return {
-        "sampled": len(items),
-        "oldest_age_seconds": round(max(ages), 3) if ages else None,
-        "by_source_queue": group_counts(items, "source_queue"),
-        "by_reason": group_counts(items, "reason"),
-        "by_exception_type": [
-            g for g in group_counts(items, "exception_type") if g["exception_type"]
-        ],
-    }
+    letters = DeadLetters(
+        amqp_url, management_url=management_url, database_url=database_url
+    )
+    return letters.replay(queue, flt, **options)

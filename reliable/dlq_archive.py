@@ -157,7 +157,11 @@ def export(
     )
     letters.check_queue(queue)
     try:
-        handle_file: IO[str] = path.open("w", encoding="utf-8")
+        # Never overwrite: an earlier export may hold messages it removed.
+        handle_file: IO[str] = path.open("x", encoding="utf-8")
+    except FileExistsError:
+        msg = f"{str(path)!r} already exists; export to a new file (it may hold removed messages)"
+        raise errors.ReliableError(msg) from None
     except OSError as exc:
         msg = f"cannot write {str(path)!r} ({exc.strerror}); check the directory and permissions"
         raise errors.ReliableError(msg) from None
@@ -231,7 +235,7 @@ def import_file(
     else:
         letters._check_target(target)
     size = batch_size_for(rate, letters.batch_size)
-    bucket = TokenBucket(rate, burst=size) if rate and not dry_run else None
+    bucket = TokenBucket(rate, burst=rate) if rate and not dry_run else None
     publisher = amqp.ConfirmingPublisher(letters.amqp_url, window=size)
     existing: dict[str, bool] = {}
 
@@ -283,7 +287,10 @@ def _batches(
 ) -> Iterator[list[tuple[DeadLetter, str]]]:
     """Selected records of *path* in batches of *size*; unreadable lines go to *failed*."""
     batch: list[tuple[DeadLetter, str]] = []
+    selected = 0
     for _number, line, message, problem in read_records(path):
+        if flt.limit is not None and selected >= flt.limit:
+            break
         if stop is not None and stop():
             report.interrupted = True
             break
@@ -297,6 +304,7 @@ def _batches(
             report.tally.add("not_selected")
             continue
         report.tally.add("selected")
+        selected += 1
         batch.append((letter, line))
         if len(batch) >= size:
             yield batch

@@ -10,9 +10,15 @@ dead-letter routing key names the queue directly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from reliable import errors
+from reliable.management import ManagementClient
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -106,3 +112,20 @@ def discover(
         entry.delivery_limit = delivery_limit(queue, broker_version=broker_version)
         entry.sources.sort()
     return sorted(found.values(), key=lambda e: e.name)
+
+
+def read_delivery_limit(management_url: str, vhost: str, queue: str) -> int | None:
+    """
+    The delivery limit of *queue* as the management API describes it.
+
+    ``None`` when it has none, does not exist, or the API cannot be asked
+    (logged): callers then treat the limit as unknown.
+    """
+    try:
+        with ManagementClient(management_url) as mgmt:
+            info = mgmt.queue(vhost, queue)
+            version = mgmt.broker_version() if info else None
+    except errors.ManagementAPIError as exc:
+        logger.warning("cannot read the delivery limit of %r: %s", queue, exc)
+        return None
+    return delivery_limit(info, broker_version=version) if info else None

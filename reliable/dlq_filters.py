@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -323,3 +323,21 @@ class Tally:
             self.counts[outcome] = self.counts.get(outcome, 0) + n
         if problem and len(self.problems) < 20:
             self.problems.append(problem)
+
+
+def summarize(
+    letters: Iterable[DeadLetter], now: datetime | None = None
+) -> dict[str, Any]:
+    """Counts by source queue, reason and exception type, and the oldest age."""
+    items = list(letters)
+    now = now or datetime.now(UTC)
+    ages = [a for a in (x.age_seconds(now) for x in items) if a is not None]
+    return {
+        "sampled": len(items),
+        "oldest_age_seconds": round(max(ages), 3) if ages else None,
+        "by_source_queue": group_counts(items, "source_queue"),
+        "by_reason": group_counts(items, "reason"),
+        "by_exception_type": [
+            g for g in group_counts(items, "exception_type") if g["exception_type"]
+        ],
+    }

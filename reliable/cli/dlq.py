@@ -23,6 +23,7 @@ from reliable.cli.dlq_options import (
     graceful,
     letters_for,
     progress,
+    show_row,
     target_options,
 )
 from reliable.dlq import summarize, vhost_of
@@ -90,7 +91,8 @@ def list_cmd(
     for row in rows:
         for key in ("by_source_queue", "by_reason", "by_exception_type"):
             row[key] = ", ".join(
-                f"{next(iter(g.values()))}: {g['count']}" for g in row.get(key) or []
+                f"{next(iter(g.values())) or '(unknown)'}: {g['count']}"
+                for g in row.get(key) or []
             )
         row["sources"] = ", ".join(row["sources"])
         row["oldest"] = age(row.get("oldest_age_seconds"))
@@ -137,7 +139,7 @@ def show_cmd(
         return
     if not full:
         output.render_rows(
-            [x.summary(now) for x in letters],
+            [show_row(x.summary(now)) for x in letters],
             columns=SHOW_COLUMNS,
             output="table",
             title=f"dead letters in {queue}",

@@ -14,6 +14,7 @@ from reliable.cli.context import CliContext
 from reliable.dlq import DeadLetters, RunReport, Target
 from reliable.dlq_filters import Filter, parse_duration, parse_header_filter
 from reliable.dlq_headers import REASONS
+from reliable.metrics import Metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,12 +126,18 @@ def build_target(
 
 def letters_for(ctx: CliContext) -> DeadLetters:
     settings = ctx.settings
+    metrics = None
+    if settings.metrics_port:
+        # A long replay Job can be scraped while it runs (RELIABLE_METRICS_PORT).
+        metrics = Metrics()
+        metrics.serve(settings.metrics_port)
     return DeadLetters(
         settings.amqp_url,
         database_url=settings.database_url or None,
         db_schema=settings.db_schema,
         management_url=settings.management_url or None,
         confirm_timeout_seconds=settings.confirm_timeout_seconds,
+        metrics=metrics,
     )
 
 
@@ -206,16 +213,25 @@ def finish(report: RunReport, output_format: output.OutputFormat) -> None:
 
 PLAN_COLUMNS = [("id", "message"), ("from", "from"), ("to", "to"), ("action", "action")]
 SHOW_COLUMNS = [
-    ("message_id", "message_id"),
+    ("message", "message"),
     ("task", "task"),
     ("source_queue", "source queue"),
     ("reason", "reason"),
     ("death_count", "deaths"),
-    ("last_death", "last death"),
+    ("age", "age"),
     ("replay_count", "replays"),
     ("exception_type", "exception"),
     ("size", "bytes"),
 ]
+
+
+def show_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """A `DeadLetter.summary` shaped for the table: one id column, a readable age."""
+    return {
+        **summary,
+        "message": summary["message_id"] or summary["task_id"] or "",
+        "age": age(summary["age_seconds"]),
+    }
 
 
 def age(seconds: float | None) -> str:

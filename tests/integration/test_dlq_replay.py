@@ -12,6 +12,7 @@ from reliable import errors
 from reliable.dlq import DeadLetters, Target
 from reliable.dlq_filters import Filter
 from reliable.dlq_headers import HISTORY, ORIGIN_QUEUE, PARKED_REASON, REPLAY_COUNT
+from reliable.metrics import Metrics
 from tests.integration.dlq_support import (
     DLQ,
     connect,
@@ -266,7 +267,8 @@ def test_broker_down_is_a_connection_error() -> None:
 def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
     dead_letter(ch, "work", b"poison", message_id="poison")
     wait_depth(ch, DLQ, 1)
-    dl = DeadLetters(broker.amqp_url)
+    metrics = Metrics()
+    dl = DeadLetters(broker.amqp_url, metrics=metrics)
     outcomes = []
     for _ in range(3):
         report = dl.replay(DLQ, max_replays=2)
@@ -282,6 +284,8 @@ def test_the_replay_cap_parks_a_looping_message(broker, ch) -> None:
     assert parked[0][0].headers[ORIGIN_QUEUE] == "work"
     assert PARKED_REASON in parked[0][0].headers
     assert depth(ch, DLQ) == 0
+    assert metrics.value("reliable_dlq_replayed_total", {"queue": DLQ}) == 2
+    assert metrics.value("reliable_dlq_parked_total", {"queue": DLQ}) == 1
 
 
 def test_move_keeps_headers_and_body(broker, ch) -> None:
@@ -412,3 +416,76 @@ def test_without_the_guard_looks_would_drop_messages(broker) -> None:
     # This is what the guard prevents: the broker dropped the message.
     wait_depth(ch, DLQ, 0)
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("dlq_type", "total", "batch"),
+    [("classic", 20, 4), ("quorum", 20, 4), ("quorum", 90, 40)],
+    ids=["classic", "quorum", "quorum-wide"],
+)
+def test_many_held_messages_widen_the_window_and_keep_their_order(
+    broker, dlq_type, total, batch
+) -> None:
+    conn = connect(broker.amqp_url)
+    ch = conn.channel()
+    setup(ch, dlq_type=dlq_type)
+    picked = (total - 3, total - 1)
+    for i in range(total):
+        publish(
+            ch, "other" if i in picked else "work", f"m{i}".encode(), message_id=f"m{i}"
+        )
+    wait_depth(ch, "work", total - 2)
+    reject_all(ch, "work")
+    reject_all(ch, "other")
+    wait_depth(ch, DLQ, total)
+
+    # Small batches (prefetch = 2 x batch): every slot fills with held
+    # messages long before the matches, so more consumers are opened.
+    report = DeadLetters(broker.amqp_url, batch_size=batch).replay(
+        DLQ, Filter(source_queues=("other",))
+    )
+    left = [p.message_id for p, _b in drain(ch, DLQ)]
+
+    assert report.counts["replayed"] == 2
+    assert report.counts["not_selected"] == total - 2
+    assert sorted(p.message_id for p, _b in drain(ch, "other")) == sorted(
+        f"m{i}" for i in picked
+    )
+    assert left == [f"m{i}" for i in range(total) if i not in picked]
+    conn.close()
+
+
+def test_broker_death_counts_restart_after_a_replay_and_ours_continue(
+    broker, ch
+) -> None:
+    dead_letter(ch, "work", b"x", message_id="x")
+    wait_depth(ch, DLQ, 1)
+    dl = DeadLetters(broker.amqp_url)
+
+    dl.replay(DLQ)
+    reject_all(ch, "work")
+    wait_depth(ch, DLQ, 1)
+    [letter], _ = dl.peek(DLQ)
+
+    # On 3.10 a republished x-death would have continued to count: 2. The
+    # copy carried none, so the broker starts at 1 as 4.x always does.
+    assert letter.origin.deaths[0].count == 1
+    assert letter.replay_count == 1
+    assert letter.headers[HISTORY][0]["x-death"][0]["count"] == 1
+    assert letter.origin.queue == "work"
+
+
+def test_replay_to_an_exchange_uses_the_given_routing_key(broker, ch) -> None:
+    ch.exchange_declare("retry", "direct", durable=True)
+    ch.queue_bind("other", "retry", "again")
+    dead_letter(ch, "work", b"x", message_id="x")
+    wait_depth(ch, DLQ, 1)
+
+    report = DeadLetters(broker.amqp_url).replay(
+        DLQ, target=Target(exchange="retry", routing_key="again")
+    )
+
+    assert report.counts["replayed"] == 1
+    [(props, _b)] = drain(ch, "other")
+    assert props.headers[ORIGIN_QUEUE] == "work"
+    assert depth(ch, "work") == 0

@@ -164,8 +164,8 @@ def test_token_bucket_paces_to_the_rate() -> None:
         bucket.take(10)
         sent += 10
 
-    assert 1000 <= sent <= 1020
-    assert batch_size_for(100, 500) == 10
+    assert 990 <= sent <= 1010
+    assert batch_size_for(100, 500) == 20
     assert batch_size_for(None, 500) == 500
 
 
