@@ -253,7 +253,8 @@ class Filter:
             not self.source_queues or letter.origin.queue in self.source_queues,
             not self.reasons or letter.origin.reason in self.reasons,
             not self.tasks or letter.task_name in self.tasks,
-            not self.exceptions or letter.exception_type in self.exceptions,
+            not self.exceptions
+            or exception_matches(letter.exception_type, self.exceptions),
             not self.message_ids or bool(letter.ids & set(self.message_ids)),
             all(_header_equals(letter.headers, k, v) for k, v in self.headers),
             self._age_ok(letter, now),
@@ -283,6 +284,20 @@ class Filter:
             "limit": self.limit,
         }
         return {k: v for k, v in data.items() if v not in (None, [])}
+
+
+def exception_matches(recorded: str | None, wanted: Sequence[str]) -> bool:
+    """
+    Whether the recorded exception type is one of *wanted*.
+
+    Failure records keep the qualified name (``shop.PaymentDeclined``) while
+    people type the class name, so a wanted name without a dot also matches
+    the last component of a qualified one.
+    """
+    if not recorded:
+        return False
+    short = recorded.rsplit(".", 1)[-1]
+    return any(w == recorded or ("." not in w and w == short) for w in wanted)
 
 
 def _header_equals(headers: Mapping[str, Any], key: str, expected: str) -> bool:

@@ -8,7 +8,13 @@ import pytest
 
 from reliable import amqp
 from reliable.dlq_discovery import delivery_limit, discover
-from reliable.dlq_filters import DeadLetter, Filter, parse_duration, parse_header_filter
+from reliable.dlq_filters import (
+    DeadLetter,
+    Filter,
+    exception_matches,
+    parse_duration,
+    parse_header_filter,
+)
 from reliable.dlq_replay import TokenBucket, batch_size_for
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
@@ -233,3 +239,20 @@ def test_dead_letter_queues_are_found_from_arguments_policies_and_the_default_ex
 )
 def test_delivery_limit_by_version(queue, version, limit) -> None:
     assert delivery_limit(queue, broker_version=version) == limit
+
+
+@pytest.mark.parametrize(
+    ("recorded", "wanted", "expected"),
+    [
+        ("shop.PaymentDeclined", "PaymentDeclined", True),
+        ("shop.PaymentDeclined", "shop.PaymentDeclined", True),
+        ("shop.PaymentDeclined", "other.PaymentDeclined", False),
+        ("shop.PaymentDeclinedLater", "PaymentDeclined", False),
+        (None, "PaymentDeclined", False),
+    ],
+    ids=["class-name", "qualified", "other-module", "prefix-only", "no-record"],
+)
+def test_exception_filter_accepts_the_class_name_of_a_qualified_record(
+    recorded: str | None, wanted: str, expected: bool
+) -> None:
+    assert exception_matches(recorded, (wanted,)) is expected
