@@ -61,22 +61,31 @@ def list_cmd(
     letters = letters_for(ctx)
     letters.check_broker()
     found: dict[str, dict[str, Any]] = {}
-    if not queues:
-        mgmt = ctx.management()
-        vhost = vhost_of(ctx.settings.amqp_url)
-        version = mgmt.broker_version()
-        for entry in discover(
-            mgmt.queues(vhost), mgmt.bindings(vhost), broker_version=version
-        ):
+    mgmt = ctx.management()
+    vhost = vhost_of(ctx.settings.amqp_url)
+    listing = mgmt.queues(vhost)
+    # Named queues get the same type and sources as discovered ones; a named
+    # queue that no DLX points at is still listed, with its type.
+    for entry in discover(
+        listing, mgmt.bindings(vhost), broker_version=mgmt.broker_version()
+    ):
+        if not queues or entry.name in queues:
             found[entry.name] = {
                 "queue": entry.name,
                 "type": entry.type,
                 "sources": entry.sources,
                 "delivery_limit": entry.delivery_limit,
             }
+    types = {str(q.get("name")): q.get("type") for q in listing}
     for name in queues:
         found.setdefault(
-            name, {"queue": name, "type": None, "sources": [], "delivery_limit": None}
+            name,
+            {
+                "queue": name,
+                "type": types.get(name),
+                "sources": [],
+                "delivery_limit": None,
+            },
         )
     rows = []
     for name, row in found.items():

@@ -447,3 +447,19 @@ def test_list_and_show_group_and_filter_by_failure_records(
         "task-1",
     ]
     assert {d["celery"]["task"] for d in json.loads(shown.stdout)} == {"shop.charge"}
+
+
+def test_a_named_queue_is_listed_with_its_type_and_sources(broker, ch) -> None:
+    dead_letter(ch, "work", b"{}", message_id="w1")
+    wait_depth(ch, DLQ, 1)
+
+    listed = run(broker, "list", DLQ, "--output", "json")
+
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert (row["queue"], row["type"], row["sources"], row["depth"]) == (
+        DLQ,
+        "classic",
+        ["other", "work"],
+        1,
+    )
