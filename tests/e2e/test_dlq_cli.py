@@ -229,7 +229,9 @@ def test_sigkill_mid_replay_loses_nothing(broker, ch) -> None:
 
     assert set(replayed) | set(left) == ids
     duplicates = len(replayed) + len(left) - len(ids)
-    assert 0 < len(left) < 600
+    # Killed mid-run: copies had reached the origin, the DLQ was not yet empty.
+    assert replayed
+    assert left
     assert duplicates <= 60  # at most the batch whose acks were not sent
 
 
