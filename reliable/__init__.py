@@ -13,6 +13,7 @@ from reliable.app import Reliable
 from reliable.config import Settings
 from reliable.declare import Plan, plan
 from reliable.declare_apply import apply
+from reliable.dlq import DeadLetters, ReplayFilter, ReplayReport, replay
 from reliable.errors import (
     ApplyIncomplete,
     BrokerConnectionError,
@@ -21,8 +22,10 @@ from reliable.errors import (
     ConfigError,
     DatabaseError,
     DecodeError,
+    ExchangeNotFound,
     ManagementAPIError,
     PublishNotConfirmed,
+    QueueNotFound,
     ReliableError,
     ReplayError,
     SchemaNotInstalled,
@@ -63,6 +66,11 @@ __all__ = [
     "RelayConfig",
     "RetryPolicy",
     "Inbox",
+    # Dead letters
+    "DeadLetters",
+    "replay",
+    "ReplayFilter",
+    "ReplayReport",
     # Errors
     "ReliableError",
     "ConfigError",
@@ -73,6 +81,8 @@ __all__ = [
     "BrokerError",
     "BrokerConnectionError",
     "BrokerRefused",
+    "QueueNotFound",
+    "ExchangeNotFound",
     "PublishNotConfirmed",
     "UnroutableMessage",
     "ManagementAPIError",
