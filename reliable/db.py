@@ -13,7 +13,7 @@ import functools
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, LiteralString, TypeAlias
+from typing import Any, LiteralString, TypeAlias, TypeGuard
 
 import psycopg
 import psycopg.errors
@@ -52,6 +52,11 @@ def translate_errors() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return redact_text(text[0]) if text else type(exc).__name__
+
+
+def is_connection(obj: object) -> TypeGuard[Connection]:
+    """Whether *obj* is a psycopg 3 connection (adapters use it to tell drivers apart)."""
+    return isinstance(obj, psycopg.Connection)
 
 
 def connect(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reliable import db
+from reliable import adapters, db
 
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -165,7 +165,9 @@ class Outbox:
                 )
 
         Args:
-            conn: The caller's psycopg connection; never committed here.
+            conn: The caller's psycopg connection (or a SQLAlchemy Session or
+                Connection, or a Django connection; see `reliable.adapters`);
+                never committed here.
             body: JSON-serializable data, or bytes (then give *content_type*).
             headers: JSON-serializable AMQP headers.
             message_id: The AMQP ``message_id``; a UUID when omitted.
@@ -217,11 +219,15 @@ class Outbox:
         """
         Store an already-encoded message in the caller's transaction.
 
+        *conn* is a psycopg 3 connection, or a SQLAlchemy ``Session`` /
+        ``Connection`` or Django connection on psycopg 3 (see
+        `reliable.adapters`).
+
         The low-level twin of `publish`, used by `enqueue` and by callers that
         build AMQP properties themselves.
         """
         db.execute(
-            conn,
+            adapters.resolve_connection(conn),
             "insert_outbox",
             {
                 "message_id": message.message_id,
