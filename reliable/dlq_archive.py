@@ -41,21 +41,7 @@ from reliable.dlq_replay import (
 )
 
 FORMAT = "reliable-dlq/1"
-_PROPERTY_NAMES = (
-    "content_type",
-    "content_encoding",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "user_id",
-    "app_id",
-    "cluster_id",
-)
+_PROPERTY_NAMES = amqp.BASIC_PROPERTY_NAMES
 
 
 def encode_record(message: amqp.IncomingMessage, *, queue: str) -> dict[str, Any]:

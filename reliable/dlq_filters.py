@@ -142,20 +142,7 @@ class DeadLetter:
         data["deaths"] = [d.to_dict() for d in self.origin.deaths]
         data["properties"] = {
             k: getattr(props, k)
-            for k in (
-                "content_type",
-                "content_encoding",
-                "delivery_mode",
-                "priority",
-                "correlation_id",
-                "reply_to",
-                "expiration",
-                "message_id",
-                "timestamp",
-                "type",
-                "user_id",
-                "app_id",
-            )
+            for k in amqp.BASIC_PROPERTY_NAMES
             if getattr(props, k) is not None
         }
         data["headers"] = plain(dict(self.headers))

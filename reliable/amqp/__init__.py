@@ -16,6 +16,7 @@ from __future__ import annotations
 from reliable.amqp.channel import Channel, open_channel
 from reliable.amqp.connection import connection_parameters, vhost_url
 from reliable.amqp.messages import (
+    BASIC_PROPERTY_NAMES,
     IncomingMessage,
     Outcome,
     OutgoingMessage,
@@ -44,6 +45,7 @@ __all__ = [
     "Status",
     # Messages
     "Properties",
+    "BASIC_PROPERTY_NAMES",
     "OutgoingMessage",
     "IncomingMessage",
     "long_int",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -76,6 +76,12 @@ class Properties:
             app_id=props.app_id,
             cluster_id=props.cluster_id,
         )
+
+
+#: The basic properties other than ``headers``, in AMQP order.
+BASIC_PROPERTY_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(Properties) if f.name != "headers"
+)
 
 
 def long_int(value: int) -> int:
