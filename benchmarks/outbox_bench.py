@@ -135,6 +135,16 @@ def bulk_rows(env: Env, n: int, routing_key: str) -> None:
         conn.commit()
 
 
+def wait_drained(env: Env, *, timeout_seconds: float = 600.0, above: int = 0) -> None:
+    """Wait until at most *above* outbox rows are left; fail loudly instead of hanging."""
+    deadline = time.monotonic() + timeout_seconds
+    while outbox_count(env) > above:
+        if time.monotonic() > deadline:
+            msg = f"outbox not drained within {timeout_seconds:.0f}s; check the relay's log"
+            raise RuntimeError(msg)
+        time.sleep(0.02)
+
+
 def outbox_count(env: Env) -> int:
     with psycopg.connect(env.database_url) as conn:
         row = conn.execute(
@@ -427,6 +437,15 @@ def bench_publish(env: Env, n: int) -> None:
                 f"publish with ordering_key {k_in:.3f} / {k_all:.3f} (ratio {k_in / b_in:.2f})"
             )
         print("  goal: publish <= 0.2 ms/message")
+        # The rows written here go to an exchange nothing is bound to; left in
+        # the table they would keep the later benchmarks' relays busy retrying.
+        conn.execute(
+            sql.SQL("DELETE FROM {}.reliable_outbox WHERE exchange = %s").format(
+                schema
+            ),
+            [EXCHANGE],
+        )
+        conn.commit()
 
 
 # -- 4. memory -------------------------------------------------------------------------
@@ -450,16 +469,18 @@ def bench_memory(env: Env, n: int) -> None:
         samples: list[float] = [rss_mb(relay.pid)]
         chunk = 50_000
         t0 = time.perf_counter()
+        deadline = time.monotonic() + 3600
         inserted = 0
         while inserted < n:
             bulk_rows(env, min(chunk, n - inserted), q)
             inserted += min(chunk, n - inserted)
-            while outbox_count(env) > chunk // 2:
-                samples.append(rss_mb(relay.pid))
-                time.sleep(0.5)
-        while outbox_count(env) > 0:
-            samples.append(rss_mb(relay.pid))
-            time.sleep(0.5)
+            for above in (chunk // 2, 0) if inserted >= n else (chunk // 2,):
+                while outbox_count(env) > above:
+                    if time.monotonic() > deadline:
+                        msg = "outbox not drained within an hour; check the relay's log"
+                        raise RuntimeError(msg)
+                    samples.append(rss_mb(relay.pid))
+                    time.sleep(0.5)
         elapsed = time.perf_counter() - t0
         samples.append(rss_mb(relay.pid))
     finally:
@@ -486,8 +507,7 @@ def bench_scaling(env: Env, n: int) -> None:
             time.sleep(3.0)  # all idle in LISTEN before the rows commit
             bulk_rows(env, n, q)
             t0 = time.perf_counter()
-            while outbox_count(env) > 0:
-                time.sleep(0.02)
+            wait_drained(env)
             results[count] = n / (time.perf_counter() - t0)
         finally:
             for r in relays:
