@@ -130,7 +130,7 @@ def reliable_replay(
     return time.perf_counter() - start, report.counts.get("replayed", 0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument(
@@ -138,7 +138,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     mgmt = ManagementClient(MGMT, timeout_seconds=120)
     vhost = f"reliable-bench-{uuid.uuid4().hex[:8]}"
     mgmt.create_vhost(vhost)

@@ -100,12 +100,12 @@ def in_process(db_url: str, schema: str, count: int) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     amqp_url = os.environ.get(
         "RELIABLE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"

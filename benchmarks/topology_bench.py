@@ -100,10 +100,10 @@ def drop_all(url: str, topology: Topology) -> None:
     connection.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--queues", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     amqp_url = os.environ.get(
         "RELIABLE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
     )
