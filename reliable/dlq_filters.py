@@ -9,7 +9,6 @@ configured; without one, an ``--exception`` filter matches nothing.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,25 +23,6 @@ from reliable.dlq_headers import (
     replay_count,
     text,
 )
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: str) -> float:
-    """
-    ``"90"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``, ``"1w"`` → seconds.
-
-    Raises:
-        ValueError: Not a duration.
-    """
-    match = _DURATION.match(value)
-    if not match:
-        msg = (
-            f"invalid duration {value!r}; use a number with s, m, h, d or w, e.g. '30m'"
-        )
-        raise ValueError(msg)
-    return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
 def parse_header_filter(value: str) -> tuple[str, str]:

@@ -12,8 +12,9 @@ import click
 from reliable.cli import exit_codes, output
 from reliable.cli.context import CliContext
 from reliable.dlq import DeadLetters, RunReport, Target
-from reliable.dlq_filters import Filter, parse_duration, parse_header_filter
+from reliable.dlq_filters import Filter, parse_header_filter
 from reliable.dlq_headers import REASONS
+from reliable.durations import parse_duration
 from reliable.metrics import Metrics
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
-
 import click
 
 from reliable.cli import output
 from reliable.cli.context import CliContext
+from reliable.cli.params import Duration
 from reliable.inbox import Inbox
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 STATUS_COLUMNS = [
     ("consumer", "consumer"),
@@ -29,32 +24,6 @@ FAILURE_COLUMNS = [
     ("attempts", "attempts"),
     ("exception_message", "message"),
 ]
-
-
-if TYPE_CHECKING:
-    _FloatParam = click.ParamType[float]
-else:  # click < 8.2 has no generic ParamType at runtime
-    _FloatParam = click.ParamType
-
-
-class Duration(_FloatParam):
-    """``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or plain seconds."""
-
-    name = "duration"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        match = _DURATION.match(str(value))
-        if not match:
-            self.fail(
-                f"{value!r} is not a duration; write e.g. 30s, 15m, 12h, 7d or 2w",
-                param,
-                ctx,
-            )
-        return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
 @click.group("inbox")

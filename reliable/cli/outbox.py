@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from reliable import errors, outbox_store
 from reliable.cli import output
 from reliable.cli.context import CliContext
+from reliable.cli.params import Duration
 from reliable.log import configure_json_logging
 from reliable.metrics import Metrics
 from reliable.relay import OutboxRelay, RelayConfig
 from reliable.retry import RetryPolicy
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` → seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        msg = (
-            f"invalid duration {text!r}; write a number with s, m, h, d or w (e.g. 7d)"
-        )
-        raise click.BadParameter(msg)
-    return float(match[1]) * _UNIT_SECONDS[match[2]]
-
-
-if TYPE_CHECKING:
-    _ParamBase = click.ParamType[float]
-else:  # click < 8.2 has no generic ParamType at run time
-    _ParamBase = click.ParamType
-
-
-class Duration(_ParamBase):
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
 
 
 @click.group("outbox")

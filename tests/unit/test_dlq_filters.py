@@ -12,10 +12,10 @@ from reliable.dlq_filters import (
     DeadLetter,
     Filter,
     exception_matches,
-    parse_duration,
     parse_header_filter,
 )
 from reliable.dlq_replay import TokenBucket, batch_size_for
+from reliable.durations import parse_duration
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
 

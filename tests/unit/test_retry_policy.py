@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from reliable.cli.outbox import parse_duration
+from reliable.cli.params import parse_duration
 from reliable.retry import RetryPolicy
 
 
